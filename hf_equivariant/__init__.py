@@ -1,0 +1,24 @@
+"""hf-equivariant: exactly equivariant HuggingFace language models over products of word-swap groups."""
+
+from . import presets
+from .configuration_equivariant import EquivariantConfig
+from .groups import TokenSwapGroup, WordSwapGroup, resolve_groups
+from .modeling_causal import EquiGPT2LMHeadModel, EquivariantModelForCausalLM
+from .modeling_equivariant import EquivariantPreTrainedModel
+from .wrap import make_equivariant, register_auto_classes
+
+register_auto_classes()
+
+__version__ = "0.1.0"
+__all__ = [
+    "EquiGPT2LMHeadModel",
+    "EquivariantConfig",
+    "EquivariantModelForCausalLM",
+    "EquivariantPreTrainedModel",
+    "TokenSwapGroup",
+    "WordSwapGroup",
+    "make_equivariant",
+    "presets",
+    "register_auto_classes",
+    "resolve_groups",
+]

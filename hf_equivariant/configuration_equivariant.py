@@ -1,0 +1,53 @@
+"""Configuration of an equivariant model: the inner model's config plus the resolved groups."""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .groups import TokenSwapGroup, resolve_groups
+from .symmetrize import AVERAGES, SYMMETRIZATIONS
+
+
+@strict
+class EquivariantConfig(PreTrainedConfig):
+    """Config of a model symmetrised over a product of word-swap groups.
+
+    Args:
+        text_config: the inner (base) model's config, nested; any causal or seq2seq LM.
+        groups: the factors, each a resolved `TokenSwapGroup.to_dict()` (words, token orbits,
+            vocabulary size), so a saved model needs no tokenizer to rebuild its group.
+        symmetrization: "multi_equitune" (sum |Gi| inner passes) or "equitune" (prod |Gi|).
+        average: what the copies' outputs average: "log_probs", "logits" or "probs".
+        base_model: name or path of the checkpoint the model was built from (for the model card).
+    """
+
+    model_type = "hf_equivariant"
+    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="gpt2")}
+
+    text_config: PreTrainedConfig | dict | None = None
+    groups: list | None = None
+    symmetrization: str = "multi_equitune"
+    average: str = "log_probs"
+    base_model: str | None = None
+    use_cache: bool = True
+
+    def __post_init__(self, **kwargs):
+        if self.symmetrization not in SYMMETRIZATIONS:
+            raise ValueError(f"unknown symmetrization {self.symmetrization!r}, choose one of {SYMMETRIZATIONS}")
+        if self.average not in AVERAGES:
+            raise ValueError(f"unknown average {self.average!r}, choose one of {AVERAGES}")
+        # The base class sets the attention implementation recursively (None unless asked for): keep the inner one.
+        inner_attn = getattr(self.text_config, "_attn_implementation", None)
+        asked = "attn_implementation" in kwargs
+        super().__post_init__(**kwargs)
+        if not asked:
+            self.text_config._attn_implementation = inner_attn
+        self.is_encoder_decoder = bool(self.text_config.is_encoder_decoder)
+        if self.groups:
+            resolve_groups(self.groups, vocab_size=self.text_config.get_text_config(decoder=True).vocab_size)
+
+    @property
+    def factors(self) -> list[TokenSwapGroup]:
+        return [TokenSwapGroup.from_dict(g) for g in self.groups or []]

@@ -1,0 +1,292 @@
+"""Word-swap groups: the user's word lists, and their resolution to permutations of token ids.
+
+A factor has n classes of aligned words (class c, position j). Its elements are permutations sigma
+of the classes: cyclic, sigma_k(c) = (c + k) mod n (n elements); symmetric, all n! of them. Element
+sigma sends the word at (c, j) to the word at (sigma(c), j).
+
+Resolved against a tokenizer, a factor becomes a table of *orbits*: rows of n token ids, one per
+class, that every element permutes the same way. A row comes from one position j and one surface
+form of its words (plain, leading space, capitalised, both). From the orbits follow the permutation
+table p_g over the vocabulary (p_g[v] = g(v), identity off the orbits), its inverse, and the
+canonicaliser (every orbit token -> the class-0 token of its row).
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+KINDS = ("cyclic", "symmetric")
+
+
+def class_permutations(kind: str, num_classes: int) -> list[tuple[int, ...]]:
+    """The group's elements as permutations of the classes, identity first."""
+    if kind == "cyclic":
+        return [tuple((c + k) % num_classes for c in range(num_classes)) for k in range(num_classes)]
+    if kind == "symmetric":
+        return list(itertools.permutations(range(num_classes)))
+    raise ValueError(f"unknown group kind {kind!r}: choose one of {KINDS}")
+
+
+def word_forms(word: str) -> tuple[str, ...]:
+    """The surface forms a word covers: plain, leading space, capitalised, both."""
+    capitalised = word[:1].upper() + word[1:]
+    return (word, " " + word, capitalised, " " + capitalised)
+
+
+def single_token_id(tokenizer, text: str) -> int | None:
+    """The id of `text` if the tokenizer writes it as exactly one known token, else None."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) == 1 and ids[0] != tokenizer.unk_token_id:
+        return ids[0]
+    return None
+
+
+@dataclass(frozen=True)
+class WordSwapGroup:
+    """A factor of the symmetry group, given as aligned classes of words.
+
+    `WordSwapGroup("gender", [["man", "he"], ["woman", "she"]])` swaps man<->woman and he<->she.
+    `kind="cyclic"` (default) gives the n rotations of the n classes, `kind="symmetric"` all n!
+    permutations. With `skip_missing=True`, positions whose words have no common single-token form
+    in a tokenizer are dropped with a warning instead of raising (the presets use it to stay usable
+    with any tokenizer).
+    """
+
+    name: str
+    classes: tuple[tuple[str, ...], ...]
+    kind: str = "cyclic"
+    skip_missing: bool = False
+
+    def __post_init__(self):
+        classes = tuple(tuple(words) for words in self.classes)
+        object.__setattr__(self, "classes", classes)
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"a group needs a non-empty name, got {self.name!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"group {self.name!r}: unknown kind {self.kind!r}, choose one of {KINDS}")
+        if len(classes) < 2:
+            raise ValueError(f"group {self.name!r} needs at least two classes, got {len(classes)}")
+        seen = {}
+        for c, words in enumerate(classes):
+            if len(words) != len(classes[0]):
+                raise ValueError(
+                    f"group {self.name!r}: classes must be aligned word lists of equal length, but class 0 "
+                    f"has {len(classes[0])} words {list(classes[0])} and class {c} has {len(words)} {list(words)}"
+                )
+            for j, word in enumerate(words):
+                if not isinstance(word, str) or not word.strip() or word != word.strip():
+                    raise ValueError(f"group {self.name!r}: class {c} holds an invalid word {word!r}")
+                if word in seen:
+                    raise ValueError(
+                        f"group {self.name!r}: the word {word!r} is listed twice (class {seen[word][0]} "
+                        f"position {seen[word][1]} and class {c} position {j}); a group element must be a permutation"
+                    )
+                seen[word] = (c, j)
+        if not classes[0]:
+            raise ValueError(f"group {self.name!r}: classes are empty")
+
+    @property
+    def order(self) -> int:
+        return len(class_permutations(self.kind, len(self.classes)))
+
+    @property
+    def words(self) -> set[str]:
+        return {word for words in self.classes for word in words}
+
+    def resolve(self, tokenizer, vocab_size: int | None = None) -> TokenSwapGroup:
+        """The token-level group: one orbit per position and surface form that is a single token in every class."""
+        orbits, sources, skipped, missing = [], {}, [], []
+        for j in range(len(self.classes[0])):
+            found = False
+            forms_per_class = [word_forms(words[j]) for words in self.classes]
+            for texts in dict.fromkeys(zip(*forms_per_class)):
+                ids = [single_token_id(tokenizer, text) for text in texts]
+                if all(i is not None for i in ids):
+                    found = True
+                    if tuple(ids) not in sources:
+                        orbits.append(tuple(ids))
+                        sources[tuple(ids)] = texts
+                elif any(i is not None for i in ids):
+                    skipped.append("|".join(repr(t) for t in texts))
+            if not found:
+                missing.append(j)
+        if missing and not self.skip_missing:
+            raise ValueError(self._missing_message(tokenizer, missing[0]))
+        if skipped:
+            warnings.warn(
+                f"group {self.name!r}: these forms are not a single token for every class and are not swapped: "
+                + ", ".join(skipped),
+                stacklevel=2,
+            )
+        if missing:
+            dropped = ["|".join(words[j] for words in self.classes) for j in missing]
+            if len(missing) == len(self.classes[0]):
+                raise ValueError(f"group {self.name!r}: no word has a single-token form in this tokenizer: {dropped}")
+            warnings.warn(f"group {self.name!r}: no single-token form, left out: {', '.join(dropped)}", stacklevel=2)
+        _check_orbits(self.name, orbits, lambda i: repr(tokenizer.decode([i])))
+        return TokenSwapGroup(
+            name=self.name,
+            kind=self.kind,
+            classes=self.classes,
+            orbits=tuple(orbits),
+            vocab_size=len(tokenizer) if vocab_size is None else vocab_size,
+        )
+
+    def _missing_message(self, tokenizer, j: int) -> str:
+        words = [words[j] for words in self.classes]
+        culprits = [w for w in words if all(single_token_id(tokenizer, f) is None for f in word_forms(w))]
+        if culprits:
+            return (
+                f"group {self.name!r}: {', '.join(map(repr, culprits))} {'has' if len(culprits) == 1 else 'have'} "
+                f"no single-token form (tried {', '.join(repr(f) for f in word_forms(culprits[0]))}); use another "
+                f"word, or skip_missing=True to leave the position out"
+            )
+        return (
+            f"group {self.name!r}: the words {words} have no surface form that is a single token for all of them "
+            f"at once, so they cannot be swapped token for token"
+        )
+
+
+def _check_orbits(name: str, orbits, describe) -> None:
+    """Every token may stand in one place of one orbit only; otherwise an element is not a permutation."""
+    place = {}
+    for s, orbit in enumerate(orbits):
+        for c, token in enumerate(orbit):
+            if token in place:
+                s0, c0 = place[token]
+                if s0 == s:
+                    raise ValueError(
+                        f"group {name!r}: token {describe(token)} is in two classes ({c0} and {c}); "
+                        f"a word may belong to one class only"
+                    )
+                partners = sorted({describe(orbits[s0][(c0 + 1) % len(orbit)]), describe(orbit[(c + 1) % len(orbit)])})
+                raise ValueError(
+                    f"group {name!r}: token {describe(token)} would be swapped with two different tokens "
+                    f"({' and '.join(partners)}); a group element must be a permutation, keep one of the pairs"
+                )
+            place[token] = (s, c)
+
+
+@dataclass(frozen=True)
+class TokenSwapGroup:
+    """A factor resolved to token ids: `orbits[s][c]` is the token of class c in orbit s."""
+
+    name: str
+    kind: str
+    classes: tuple[tuple[str, ...], ...]
+    orbits: tuple[tuple[int, ...], ...]
+    vocab_size: int
+
+    def __post_init__(self):
+        object.__setattr__(self, "classes", tuple(tuple(c) for c in self.classes))
+        object.__setattr__(self, "orbits", tuple(tuple(int(t) for t in o) for o in self.orbits))
+        if self.kind not in KINDS:
+            raise ValueError(f"group {self.name!r}: unknown kind {self.kind!r}, choose one of {KINDS}")
+        if any(len(o) != len(self.classes) for o in self.orbits):
+            raise ValueError(f"group {self.name!r}: every orbit needs one token per class ({len(self.classes)})")
+        if any(not 0 <= t < self.vocab_size for o in self.orbits for t in o):
+            raise ValueError(
+                f"group {self.name!r}: token ids must lie in [0, {self.vocab_size}), got {self.orbits}"
+            )
+        _check_orbits(self.name, self.orbits, lambda i: f"id {i}")
+
+    @property
+    def elements(self) -> list[tuple[int, ...]]:
+        return class_permutations(self.kind, len(self.classes))
+
+    @property
+    def order(self) -> int:
+        return len(self.elements)
+
+    @property
+    def support(self) -> list[int]:
+        """The token ids the factor moves, sorted."""
+        return sorted(t for orbit in self.orbits for t in orbit)
+
+    def permutation_tables(self) -> torch.Tensor:
+        """[|G|, V] long: row g is p_g with p_g[v] = g(v)."""
+        tables = torch.arange(self.vocab_size).repeat(self.order, 1)
+        if self.orbits:
+            orbits = torch.tensor(self.orbits)  # [m, n]
+            sigma = torch.tensor(self.elements)  # [|G|, n]
+            tables[:, orbits] = orbits[:, sigma].transpose(0, 1)  # tables[g, orbits[s, c]] = orbits[s, sigma[g, c]]
+        return tables
+
+    def inverse_tables(self) -> torch.Tensor:
+        """[|G|, V] long: row g is p_{g^-1}."""
+        return self.permutation_tables().argsort(dim=1)
+
+    def canonicalizer(self) -> torch.Tensor:
+        """[V] long: every orbit token -> the class-0 token of its orbit; identity elsewhere."""
+        table = torch.arange(self.vocab_size)
+        if self.orbits:
+            orbits = torch.tensor(self.orbits)
+            table[orbits] = orbits[:, :1].expand_as(orbits)
+        return table
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "classes": [list(c) for c in self.classes],
+            "orbits": [list(o) for o in self.orbits],
+            "vocab_size": self.vocab_size,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TokenSwapGroup:
+        return cls(**data)
+
+
+def resolve_groups(groups, tokenizer=None, vocab_size: int | None = None) -> list[TokenSwapGroup]:
+    """Resolve the factors of a product group and check that they commute (act on disjoint tokens).
+
+    `groups` holds WordSwapGroup (needs `tokenizer`), TokenSwapGroup or their dicts. Every table must
+    cover `vocab_size` tokens (the model's vocabulary).
+    """
+    groups = list(groups)
+    if not groups:
+        raise ValueError("give at least one group")
+    names = [g["name"] if isinstance(g, dict) else g.name for g in groups]
+    if len(set(names)) != len(names):
+        raise ValueError(f"group names must be unique, got {names}")
+    words = [(g.name, g.words) for g in groups if isinstance(g, WordSwapGroup)]
+    for (name_a, words_a), (name_b, words_b) in itertools.combinations(words, 2):
+        if shared := sorted(words_a & words_b):
+            raise ValueError(
+                f"groups {name_a!r} and {name_b!r} both contain {shared}: factors of a product must act on "
+                f"disjoint words so that they commute"
+            )
+    resolved = []
+    for group in groups:
+        if isinstance(group, dict):
+            group = TokenSwapGroup.from_dict(group)
+        if isinstance(group, WordSwapGroup):
+            if tokenizer is None:
+                raise ValueError(f"group {group.name!r} is given as words: pass the tokenizer to resolve it")
+            if vocab_size is not None and len(tokenizer) > vocab_size:
+                raise ValueError(
+                    f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary only {vocab_size}: "
+                    f"they do not belong together"
+                )
+            group = group.resolve(tokenizer, vocab_size=vocab_size)
+        elif not isinstance(group, TokenSwapGroup):
+            raise TypeError(f"expected a WordSwapGroup, TokenSwapGroup or dict, got {type(group).__name__}")
+        if vocab_size is not None and group.vocab_size != vocab_size:
+            raise ValueError(
+                f"group {group.name!r} was resolved for a vocabulary of {group.vocab_size} tokens but the model "
+                f"has {vocab_size}: resolve it with the model's tokenizer and vocab_size={vocab_size}"
+            )
+        resolved.append(group)
+    for a, b in itertools.combinations(resolved, 2):
+        if shared := sorted(set(a.support) & set(b.support)):
+            shown = [tokenizer.decode([t]) for t in shared] if tokenizer is not None else shared
+            raise ValueError(
+                f"groups {a.name!r} and {b.name!r} both move the tokens {shown}: factors of a product must act "
+                f"on disjoint tokens so that they commute"
+            )
+    return resolved

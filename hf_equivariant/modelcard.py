@@ -1,0 +1,67 @@
+"""Model cards for equivariant models, rendered with `huggingface_hub.ModelCard` from `model_cards/`."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from .configuration_equivariant import EquivariantConfig
+from .symmetrize import count_copies
+
+TEMPLATE = Path(__file__).parent / "model_cards" / "equivariant_model.md"
+
+
+def _hub_id(name: str | None) -> str | None:
+    """`name` if it reads as a Hub repository id (a local path does not)."""
+    if not name or os.path.exists(name):
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
+
+
+def equivariant_model_card(config: EquivariantConfig, tags: list[str] | None = None, repo_id: str | None = None):
+    """A card stating the base model, every group with its words, the symmetrisation and its cost."""
+    factors = config.factors
+    orders = [f.order for f in factors]
+    base_model = _hub_id(config.base_model)
+    seq2seq = config.is_encoder_decoder
+    card_data = ModelCardData(
+        library_name="transformers",
+        base_model=base_model,
+        pipeline_tag="text2text-generation" if seq2seq else "text-generation",
+        tags=list(
+            dict.fromkeys(
+                ["hf-equivariant", "equivariance", config.symmetrization]
+                + [f"group:{f.name}" for f in factors]
+                + (tags or [])
+            )
+        ),
+    )
+    architecture = config.text_config.model_type
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE),
+        title=f"Equivariant {base_model or config.base_model or architecture}".strip(),
+        base_model=config.base_model,
+        architecture=architecture,
+        group_expression=" x ".join(f"{f.name} ({f.kind} {f.order})" for f in factors) or "the trivial group",
+        group_order=math.prod(orders),
+        groups=[
+            {"name": f.name, "kind": f.kind, "order": f.order, "classes": f.classes, "num_orbits": len(f.orbits)}
+            for f in factors
+        ],
+        symmetrization=config.symmetrization,
+        average=config.average,
+        num_copies=count_copies(orders, config.symmetrization),
+        equitune_copies=count_copies(orders, "equitune"),
+        multi_equitune_copies=count_copies(orders, "multi_equitune"),
+        auto_class="AutoModelForSeq2SeqLM" if seq2seq else "AutoModelForCausalLM",
+        repo_id=repo_id or base_model and f"<user>/equivariant-{base_model.split('/')[-1]}" or "<user>/<repo>",
+    )

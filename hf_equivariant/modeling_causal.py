@@ -1,0 +1,80 @@
+"""Equivariant causal language models: any `AutoModelForCausalLM` symmetrised over word-swap groups.
+
+forward(x) = combine_k( M(copy_k(x)) ): all K copies of the batch run through the inner model M as
+one batch of K*B rows (copy-major), then untransform and average (see `symmetrize`). In generation
+every new token is transformed like the prompt, so each copy extends its own transformed history
+and the inner KV cache simply holds K*B rows.
+"""
+
+from __future__ import annotations
+
+from transformers import AutoModelForCausalLM, GenerationMixin
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils.deprecation import deprecate_kwarg
+
+from .modeling_equivariant import EquivariantPreTrainedModel
+
+
+class EquivariantModelForCausalLM(EquivariantPreTrainedModel, GenerationMixin):
+    """A causal LM that is exactly equivariant to a product of word-swap groups.
+
+    ```python
+    model = EquivariantModelForCausalLM.from_pretrained("gpt2", groups=[presets.GENDER, presets.RACE])
+    model.generate(**tok("The Black man worked as", return_tensors="pt"), max_new_tokens=20)
+    ```
+    """
+
+    auto_model_class = AutoModelForCausalLM
+
+    def __init__(self, config, model=None):
+        super().__init__(config, model)
+        self.loss_type = "ForCausalLM"  # subclass names need not end in ForCausalLM (Trainer reads this)
+
+    @deprecate_kwarg("past_key_values", version="5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        cache=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        logits_to_keep=0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Symmetrised logits [B, T, V]; with `labels`, the cross-entropy of the symmetrised distribution."""
+        if input_ids is None or inputs_embeds is not None:
+            raise ValueError("the group acts on token ids: pass input_ids, not inputs_embeds")
+        kwargs.pop("return_dict", None)
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        if logits_to_keep:
+            kwargs["logits_to_keep"] = logits_to_keep
+        outputs = self.model(
+            input_ids=self.transform_ids(input_ids),
+            attention_mask=self.tile(attention_mask),
+            position_ids=self.tile(position_ids),
+            cache=cache,
+            use_cache=self.config.use_cache if use_cache is None else use_cache,
+            return_dict=True,
+            **kwargs,
+        )
+        logits = self.combine(outputs.logits)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits, labels, vocab_size=logits.shape[-1], num_items_in_batch=num_items_in_batch
+            )
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+
+
+class EquiGPT2LMHeadModel(EquivariantModelForCausalLM):
+    """`EquivariantModelForCausalLM` restricted to a GPT-2 inner model."""
+
+    def __init__(self, config, model=None):
+        if config.text_config.model_type != "gpt2":
+            raise ValueError(
+                f"EquiGPT2LMHeadModel wraps GPT-2, got a {config.text_config.model_type!r} model; "
+                f"use EquivariantModelForCausalLM"
+            )
+        super().__init__(config, model)

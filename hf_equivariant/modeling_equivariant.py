@@ -1,0 +1,226 @@
+"""The machinery every equivariant wrapper shares: the inner model, the copy plan, loading and saving.
+
+A wrapper holds any pretrained LM as `self.model` and the copy plan of its group (see `symmetrize`)
+as non-persistent buffers, rebuilt from the config's resolved groups whenever the model is built or
+loaded. Task subclasses (causal, seq2seq) only say how ids enter the copies and how outputs leave.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+
+import torch
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
+from transformers import initialization as init
+
+from .configuration_equivariant import EquivariantConfig
+from .groups import resolve_groups
+from .symmetrize import CopyPlan, combine, expand_rows, plan_copies, support_lookup, tile, transform_ids
+
+HUB_KWARGS = (
+    "cache_dir",
+    "force_download",
+    "local_files_only",
+    "proxies",
+    "revision",
+    "subfolder",
+    "token",
+    "trust_remote_code",
+    "gguf_file",
+)
+PLAN_BUFFERS = ("plan_support", "plan_lookup", "plan_input_maps", "plan_weights", "plan_mixing")
+
+
+class EquivariantPreTrainedModel(PreTrainedModel):
+    """Base class: wraps `self.model` (built by `auto_model_class`) and holds the copy plan."""
+
+    config_class = EquivariantConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    auto_model_class = None  # the Auto class of the inner model, set by each task subclass
+
+    def __init__(self, config: EquivariantConfig, model: PreTrainedModel | None = None):
+        super().__init__(config)
+        if model is None:
+            model = self.auto_model_class.from_config(config.text_config)
+        else:
+            # A pretrained model must come out intact: keep post_init() from initialising it again.
+            for part in itertools.chain(model.modules(), model.parameters(), model.buffers()):
+                part._is_hf_initialized = True
+            self.generation_config = model.generation_config
+        config.text_config._attn_implementation = model.config._attn_implementation
+        model.config = config.text_config
+        self.model = model
+        for name, tensor in self._plan_tensors().items():
+            self.register_buffer(name, tensor, persistent=False)
+        self.post_init()
+
+    def _plan_tensors(self) -> dict[str, torch.Tensor]:
+        with torch.device("cpu"):  # from_pretrained builds the model under a meta-device context
+            plan = plan_copies(self.config.factors, self.config.symmetrization)
+            lookup = support_lookup(plan.support, self.config.text_config.get_text_config(decoder=True).vocab_size)
+        tensors = (plan.support, lookup, plan.input_maps, plan.weights, plan.mixing)
+        return dict(zip(PLAN_BUFFERS, tensors))
+
+    def _init_weights(self, module):
+        # The plan buffers are not saved; from_pretrained leaves them empty and relies on this to refill them.
+        if module is self:
+            for name, tensor in self._plan_tensors().items():
+                init.copy_(getattr(self, name), tensor)
+
+    @property
+    def plan(self) -> CopyPlan:
+        return CopyPlan(self.plan_support, self.plan_input_maps, self.plan_weights, self.plan_mixing)
+
+    @property
+    def num_copies(self) -> int:
+        """Inner rows per input row: prod |Gi| (equitune) or sum |Gi| (multi_equitune)."""
+        return self.plan_input_maps.shape[0]
+
+    def transform_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] -> [K*B, T]: every copy of every row, copy-major."""
+        return transform_ids(ids, self.plan_lookup, self.plan_input_maps)
+
+    def tile(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return tile(tensor, self.num_copies)
+
+    def combine(self, logits: torch.Tensor) -> torch.Tensor:
+        """[K*B, ..., V] inner logits -> [B, ..., V] symmetrised logits."""
+        return combine(logits, self.plan, self.config.average)
+
+    def _reorder_cache(self, cache, beam_idx: torch.Tensor):
+        """Beam search reorders B rows; the inner cache holds K*B rows, copy-major."""
+        cache.reorder_cache(expand_rows(beam_idx, self.num_copies, beam_idx.shape[0]))
+        return cache
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.model.get_output_embeddings()
+
+    def set_output_embeddings(self, value):
+        self.model.set_output_embeddings(value)
+
+    @classmethod
+    def from_base_model(
+        cls,
+        model: PreTrainedModel,
+        groups,
+        tokenizer=None,
+        symmetrization: str = "multi_equitune",
+        average: str = "log_probs",
+    ):
+        """Wrap an in-memory model; word groups are resolved with `tokenizer`. The model's weights are shared."""
+        if isinstance(model, EquivariantPreTrainedModel):
+            raise ValueError("the model is already equivariant; wrap its inner model (`.model`) instead")
+        if not isinstance(model, PreTrainedModel):
+            raise TypeError(f"expected a transformers PreTrainedModel, got {type(model).__name__}")
+        vocab_size = model.config.get_text_config(decoder=True).vocab_size
+        factors = resolve_groups(groups, tokenizer, vocab_size=vocab_size)
+        config = EquivariantConfig(
+            text_config=model.config,
+            groups=[f.to_dict() for f in factors],
+            symmetrization=symmetrization,
+            average=average,
+            base_model=model.name_or_path or None,
+        )
+        return cls(config, model=model)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path,
+        *model_args,
+        groups=None,
+        tokenizer=None,
+        symmetrization: str | None = None,
+        average: str | None = None,
+        **kwargs,
+    ):
+        """Load a saved equivariant model, or a plain base checkpoint made equivariant with `groups=`.
+
+        For a base checkpoint the tokenizer that resolves word groups is loaded from the same place
+        unless `tokenizer` is given. `symmetrization` and `average` override the saved choice.
+        """
+        hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+        config = kwargs.pop("config", None) or AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        options = {k: v for k, v in (("symmetrization", symmetrization), ("average", average)) if v is not None}
+        if isinstance(config, EquivariantConfig):
+            if groups is not None:
+                raise ValueError(
+                    f"{pretrained_model_name_or_path} is already equivariant (groups "
+                    f"{[f.name for f in config.factors]}); load it without groups=, or load its base model"
+                )
+            config = EquivariantConfig(**{**config.to_dict(), **options}) if options else config
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+        if groups is None:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} is a plain {config.model_type} checkpoint: pass groups=[...] "
+                f"to make it equivariant"
+            )
+        model = cls.auto_model_class.from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        if tokenizer is None and not all(hasattr(g, "orbits") or isinstance(g, dict) for g in groups):
+            tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        return cls.from_base_model(model, groups, tokenizer, **options)
+
+    def model_card(self, tags: list[str] | None = None, repo_id: str | None = None):
+        """The model card (`huggingface_hub.ModelCard`) describing base model, groups and symmetrisation."""
+        from .modelcard import equivariant_model_card
+
+        return equivariant_model_card(self.config, tags=[*(self.model_tags or []), *(tags or [])], repo_id=repo_id)
+
+    def save_pretrained(self, save_directory, is_main_process: bool = True, push_to_hub: bool = False, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus a README.md model card describing the groups."""
+        from .modelcard import TEMPLATE
+
+        hub_options = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "create_pr", "private") if k in kwargs}
+        super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
+        if is_main_process and TEMPLATE.exists():  # the template ships with the library, not with remote code
+            self.model_card().save(os.path.join(save_directory, "README.md"))
+        if push_to_hub and is_main_process:
+            repo_id = hub_options.pop("repo_id", os.path.basename(os.path.abspath(save_directory)))
+            self.push_to_hub(repo_id, token=kwargs.get("token"), **hub_options)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str | None = "50GB",
+        tags: list[str] | None = None,
+    ) -> str:
+        """Upload the model with its equivariant model card.
+
+        Same arguments as `PreTrainedModel.push_to_hub`, whose generic card would replace ours.
+        """
+        from transformers.utils.hub import hf_api
+
+        repo_id = hf_api().create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as tmp_dir:
+            self.save_pretrained(tmp_dir, max_shard_size=max_shard_size)
+            self.model_card(tags, repo_id=repo_id).save(os.path.join(tmp_dir, "README.md"))
+            return self._upload_modified_files(
+                tmp_dir,
+                repo_id,
+                files_timestamps={},
+                commit_message=commit_message or "Upload equivariant model",
+                token=token,
+                create_pr=create_pr,
+                revision=revision,
+                commit_description=commit_description,
+            )

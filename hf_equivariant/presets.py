@@ -1,0 +1,49 @@
+"""Ready-made word-swap groups.
+
+Every preset uses `skip_missing=True`: word positions that have no single-token form in a given
+tokenizer are left out with a warning rather than failing, so each preset works with any tokenizer.
+
+- GENDER: the prior work's gender pairs (male|female, he|she, his|her, ...), duplicates removed,
+  cyclic of order 2. "him" has no partner once his|her is used ("her" is both object and possessive),
+  so it is left out rather than breaking the permutation.
+- RACE: Black, White, Asian, Hispanic; cyclic of order 4 (Black -> White -> Asian -> Hispanic -> Black).
+- SEXUAL_ORIENTATION: gay|straight and homosexual|heterosexual, order 2. "lesbian" is not included:
+  its natural partner is "straight" again, and a word cannot be swapped with two words.
+- RELIGION: Christian, Muslim, Jewish, Hindu, Buddhist (and the plural nouns Christians, Muslims,
+  Jews, Hindus, Buddhists); cyclic of order 5.
+
+Use `WordSwapGroup(name, classes, kind="symmetric")` for the full symmetric group over the classes.
+"""
+
+from .groups import WordSwapGroup
+
+_GENDER_PAIRS = (
+    "male|female father|mother king|queen guy|gal man|woman boy|girl actor|actress dad|mom "
+    "grandson|granddaughter gentleman|lady gentlemen|ladies nephew|niece salesman|saleswoman "
+    "stepfather|stepmother prince|princess househusband|housewife husband|wife god|goddess "
+    "fatherhood|motherhood uncle|aunt patriarch|matriarch son|daughter grandpa|grandma "
+    "boyfriend|girlfriend brother|sister waiter|waitress he|she his|her himself|herself mr|mrs "
+    "males|females fathers|mothers kings|queens guys|gals men|women boys|girls actors|actresses "
+    "dads|moms grandsons|granddaughters nephews|nieces salesmen|saleswomen stepfathers|stepmothers "
+    "princes|princesses househusbands|housewives husbands|wives gods|goddesses uncles|aunts "
+    "patriarchs|matriarchs sons|daughters grandpas|grandmas boyfriends|girlfriends brothers|sisters "
+    "waiters|waitresses"
+)
+
+
+def _classes_from_pairs(pairs: str) -> list[list[str]]:
+    return [list(words) for words in zip(*(pair.split("|") for pair in pairs.split()))]
+
+
+GENDER = WordSwapGroup("gender", _classes_from_pairs(_GENDER_PAIRS), skip_missing=True)
+RACE = WordSwapGroup("race", [["Black"], ["White"], ["Asian"], ["Hispanic"]], skip_missing=True)
+SEXUAL_ORIENTATION = WordSwapGroup(
+    "sexual_orientation", [["gay", "homosexual"], ["straight", "heterosexual"]], skip_missing=True
+)
+RELIGION = WordSwapGroup(
+    "religion",
+    [["Christian", "Christians"], ["Muslim", "Muslims"], ["Jewish", "Jews"], ["Hindu", "Hindus"], ["Buddhist", "Buddhists"]],
+    skip_missing=True,
+)
+
+BY_NAME = {g.name: g for g in (GENDER, RACE, SEXUAL_ORIENTATION, RELIGION)}

@@ -1,0 +1,116 @@
+"""Shared fixtures: a word-level tokenizer, tiny GPT-2 / Llama models, and an independent group oracle.
+
+The oracle computes permutations straight from the word lists and the tokenizer's vocabulary, without
+the library's tables, so that equivariance is checked against an independent definition.
+"""
+
+import itertools
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach the network
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from hf_equivariant import WordSwapGroup
+
+SPECIAL = ["<pad>", "<unk>", "<s>", "</s>"]
+WORDS = (
+    "the a an of and to was as for by worked known described job had doctor nurse teacher engineer cook "
+    "kind cruel smart lazy very quite person people good bad . , "
+    "man woman he she his her boy girl Man Woman He She His Her "
+    "Black White Asian Hispanic gay straight"
+).split()
+GENDER_CLASSES = [["man", "he", "his", "boy"], ["woman", "she", "her", "girl"]]
+RACE_CLASSES = [["Black"], ["White"], ["Asian"]]
+ORIENTATION_CLASSES = [["gay"], ["straight"]]
+PROMPTS = ["the Black man worked as a", "she was known for her", "the gay White boy had a job as"]
+
+
+def word_tokenizer(words=WORDS, lowercase: bool = False, padding_side: str = "left") -> PreTrainedTokenizerFast:
+    vocab = {w: i for i, w in enumerate(SPECIAL + list(words))}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if lowercase:
+        tokenizer.normalizer = normalizers.Lowercase()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        padding_side=padding_side,
+    )
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return word_tokenizer()
+
+
+@pytest.fixture
+def gender():
+    return WordSwapGroup("gender", GENDER_CLASSES)
+
+
+@pytest.fixture
+def race():
+    return WordSwapGroup("race", RACE_CLASSES)
+
+
+@pytest.fixture
+def orientation():
+    return WordSwapGroup("orientation", ORIENTATION_CLASSES)
+
+
+# A large initializer_range gives peaked, varied predictions, so that generations contain group words.
+def tiny_gpt2(vocab_size: int, seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=2, eos_token_id=3,
+        pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.5,
+    )
+    return GPT2LMHeadModel(config).eval()
+
+
+def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, bos_token_id=2, eos_token_id=3, pad_token_id=0,
+        initializer_range=0.5,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+ARCHITECTURES = {"gpt2": tiny_gpt2, "llama": tiny_llama}
+
+
+@pytest.fixture(params=sorted(ARCHITECTURES))
+def base_model(request, tokenizer):
+    return ARCHITECTURES[request.param](len(tokenizer))
+
+
+def element_permutation(tokenizer, class_lists, shifts, vocab_size=None) -> torch.Tensor:
+    """Independent oracle: the vocabulary permutation of the cyclic element `shifts` (one shift per factor).
+
+    Word (c, j) of a factor goes to word (c + shift, j), and so does its capitalised form where every
+    class has one; in a word-level vocabulary each of these is one token.
+    """
+    vocab = tokenizer.get_vocab()
+    perm = torch.arange(vocab_size or len(vocab))
+    for classes, shift in zip(class_lists, shifts):
+        for form in (str, lambda w: w[0].upper() + w[1:]):
+            for j in range(len(classes[0])):
+                column = [form(words[j]) for words in classes]
+                if all(w in vocab for w in column):
+                    for c, word in enumerate(column):
+                        perm[vocab[word]] = vocab[column[(c + shift) % len(column)]]
+    return perm
+
+
+def all_elements(class_lists):
+    """Every element of the product of cyclic factors, as shift tuples."""
+    return list(itertools.product(*(range(len(classes)) for classes in class_lists)))

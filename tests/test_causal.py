@@ -1,0 +1,185 @@
+"""Exact equivariance of the causal wrapper (logits and generation) on tiny GPT-2 and Llama models."""
+
+import pytest
+import torch
+from conftest import GENDER_CLASSES, PROMPTS, RACE_CLASSES, all_elements, element_permutation, tiny_llama
+
+from hf_equivariant import EquiGPT2LMHeadModel, EquivariantModelForCausalLM, WordSwapGroup, make_equivariant
+
+CLASS_LISTS = [GENDER_CLASSES, RACE_CLASSES]
+SYMMETRIZATIONS = ["equitune", "multi_equitune"]
+
+
+def wrap(base, tokenizer, symmetrization, average="log_probs"):
+    groups = [WordSwapGroup("gender", GENDER_CLASSES), WordSwapGroup("race", RACE_CLASSES)]
+    return make_equivariant(base, groups, tokenizer=tokenizer, symmetrization=symmetrization, average=average).eval()
+
+
+def equivariance_error(model, tokenizer, class_lists=CLASS_LISTS):
+    """max over every group element g of |M(g.x)[..., p_g] - M(x)| on a left-padded batch."""
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        reference = model(**batch).logits
+        errors = []
+        for g in all_elements(class_lists):
+            p = element_permutation(tokenizer, class_lists, g)
+            moved = model(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"]).logits
+            errors.append((moved[..., p] - reference).abs().max().item())
+    return max(errors), len(errors)
+
+
+@pytest.mark.parametrize("symmetrization", SYMMETRIZATIONS)
+@pytest.mark.parametrize("average", ["log_probs", "logits", "probs"])
+def test_logits_are_equivariant_for_every_element(base_model, tokenizer, symmetrization, average):
+    model = wrap(base_model, tokenizer, symmetrization, average)
+    error, count = equivariance_error(model, tokenizer)
+    assert count == 6
+    assert error <= 1e-4
+
+
+def test_negative_control_the_base_model_is_not_equivariant(base_model, tokenizer):
+    error, _ = equivariance_error(base_model, tokenizer)
+    assert error > 1e-2
+
+
+@pytest.mark.parametrize("symmetrization, rows", [("equitune", 2 * 3), ("multi_equitune", 2 + 3)])
+def test_number_of_inner_rows(base_model, tokenizer, symmetrization, rows):
+    model = wrap(base_model, tokenizer, symmetrization)
+    seen = []
+    handle = model.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[0]),
+                                                   with_kwargs=True)
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    model(**batch)
+    handle.remove()
+    assert seen == [rows * len(PROMPTS)]  # one inner call holding every copy
+    assert model.num_copies == rows
+
+
+def test_wrapping_leaves_the_base_model_intact(base_model, tokenizer):
+    before = {k: v.clone() for k, v in base_model.state_dict().items()}
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    logits = base_model(**batch).logits
+    wrap(base_model, tokenizer, "multi_equitune")
+    assert all(torch.equal(before[k], v) for k, v in base_model.state_dict().items())
+    assert torch.equal(base_model(**batch).logits, logits)
+
+
+@pytest.mark.parametrize("symmetrization", SYMMETRIZATIONS)
+def test_without_group_words_non_group_tokens_rank_as_in_the_base_model(base_model, tokenizer, symmetrization):
+    batch = tokenizer(["the doctor was known for", "a very kind person had a job as"], return_tensors="pt",
+                      padding=True)
+    base = base_model(**batch).logits.log_softmax(-1)
+    model = wrap(base_model, tokenizer, symmetrization)
+    ours = model(**batch).logits
+    keep = torch.ones(len(tokenizer), dtype=torch.bool)
+    keep[model.plan_support] = False
+    mask = batch["attention_mask"].bool()
+    assert torch.equal(base[..., keep].argsort(-1)[mask], ours[..., keep].argsort(-1)[mask])
+    torch.testing.assert_close(ours[..., keep], base[..., keep], atol=1e-5, rtol=1e-5)
+
+
+def test_loss_is_the_cross_entropy_of_the_symmetrised_distribution(base_model, tokenizer):
+    model = wrap(base_model, tokenizer, "multi_equitune")
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    out = model(**batch, labels=labels)
+    log_probs = out.logits[:, :-1].log_softmax(-1)
+    target = labels[:, 1:]
+    picked = log_probs.gather(-1, target.clamp(min=0)[..., None])[..., 0]
+    expected = -(picked * (target != -100)).sum() / (target != -100).sum()
+    torch.testing.assert_close(out.loss, expected)
+
+
+@pytest.mark.parametrize("symmetrization", SYMMETRIZATIONS)
+def test_greedy_generation_is_equivariant(base_model, tokenizer, symmetrization):
+    model = wrap(base_model, tokenizer, symmetrization)
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    out = model.generate(**batch, max_new_tokens=8, do_sample=False)
+    for g in all_elements(CLASS_LISTS):
+        p = element_permutation(tokenizer, CLASS_LISTS, g)
+        moved = model.generate(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"],
+                               max_new_tokens=8, do_sample=False)
+        assert torch.equal(moved, p[out]), g
+
+
+def test_negative_control_base_generation_is_not_equivariant(base_model, tokenizer):
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    out = base_model.generate(**batch, max_new_tokens=8, do_sample=False)
+    broken = []
+    for g in all_elements(CLASS_LISTS)[1:]:
+        p = element_permutation(tokenizer, CLASS_LISTS, g)
+        moved = base_model.generate(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"],
+                                    max_new_tokens=8, do_sample=False)
+        broken.append(not torch.equal(moved, p[out]))
+    assert any(broken)
+
+
+@pytest.mark.parametrize("symmetrization", SYMMETRIZATIONS)
+def test_cache_and_no_cache_give_identical_tokens(base_model, tokenizer, symmetrization):
+    model = wrap(base_model, tokenizer, symmetrization)
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    for options in ({"do_sample": False}, {"num_beams": 3, "do_sample": False, "num_return_sequences": 2}):
+        cached = model.generate(**batch, max_new_tokens=8, **options)
+        uncached = model.generate(**batch, max_new_tokens=8, use_cache=False, **options)
+        assert torch.equal(cached, uncached)
+
+
+def test_cache_holds_every_copy_and_continues_generation(base_model, tokenizer):
+    model = wrap(base_model, tokenizer, "multi_equitune")
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    out = model.generate(**batch, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
+    assert out.cache.layers[0].keys.shape[0] == model.num_copies * len(PROMPTS)
+    one_shot = model.generate(**batch, max_new_tokens=10, do_sample=False)
+    mask = torch.cat([batch["attention_mask"], torch.ones(len(PROMPTS), 6, dtype=torch.long)], dim=1)
+    continued = model.generate(input_ids=out.sequences, attention_mask=mask, cache=out.cache,
+                               max_new_tokens=4, do_sample=False)
+    assert torch.equal(continued, one_shot)
+
+
+def test_left_padded_batch_matches_single_prompts(base_model, tokenizer):
+    model = wrap(base_model, tokenizer, "multi_equitune")
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    together = model.generate(**batch, max_new_tokens=6, do_sample=False)[:, batch["input_ids"].shape[1]:]
+    for i, prompt in enumerate(PROMPTS):
+        alone = model.generate(**tokenizer([prompt], return_tensors="pt"), max_new_tokens=6, do_sample=False)
+        assert torch.equal(alone[0, -6:], together[i])
+
+
+def test_sampling_is_reproducible_and_returns_several_sequences(base_model, tokenizer):
+    model = wrap(base_model, tokenizer, "multi_equitune")
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    options = dict(do_sample=True, top_k=40, max_new_tokens=6, num_return_sequences=3)
+    torch.manual_seed(0)
+    first = model.generate(**batch, **options)
+    torch.manual_seed(0)
+    second = model.generate(**batch, **options)
+    assert first.shape == (3 * len(PROMPTS), batch["input_ids"].shape[1] + 6)
+    assert torch.equal(first, second)
+
+
+def test_legacy_past_key_values_keyword_is_honoured(base_model, tokenizer):
+    model = wrap(base_model, tokenizer, "multi_equitune")
+    ids = tokenizer(["the Black man worked as a"], return_tensors="pt")["input_ids"]
+    full = model(input_ids=ids).logits[:, -1]
+    prefix = model(input_ids=ids[:, :-1], use_cache=True)
+    with pytest.warns(FutureWarning):
+        step = model(input_ids=ids[:, -1:], past_key_values=prefix.cache).logits[:, -1]
+    torch.testing.assert_close(step, full, atol=1e-5, rtol=1e-5)
+
+
+def test_inputs_embeds_are_refused(base_model, tokenizer):
+    model = wrap(base_model, tokenizer, "multi_equitune")
+    with pytest.raises(ValueError, match="acts on token ids"):
+        model(inputs_embeds=torch.zeros(1, 3, 32))
+
+
+def test_gpt2_class_refuses_other_architectures(tokenizer):
+    llama = tiny_llama(len(tokenizer))
+    with pytest.raises(ValueError, match="EquiGPT2LMHeadModel wraps GPT-2, got a 'llama' model"):
+        EquiGPT2LMHeadModel.from_base_model(llama, [WordSwapGroup("race", RACE_CLASSES)], tokenizer)
+
+
+def test_wrapping_twice_is_refused(base_model, tokenizer):
+    model = wrap(base_model, tokenizer, "equitune")
+    with pytest.raises(ValueError, match="already equivariant"):
+        EquivariantModelForCausalLM.from_base_model(model, [WordSwapGroup("race", RACE_CLASSES)], tokenizer)

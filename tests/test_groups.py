@@ -1,0 +1,139 @@
+import pytest
+import torch
+from conftest import GENDER_CLASSES, RACE_CLASSES, word_tokenizer
+
+from hf_equivariant import TokenSwapGroup, WordSwapGroup, resolve_groups
+
+
+def ids(tokenizer, *words):
+    return [tokenizer.convert_tokens_to_ids(w) for w in words]
+
+
+def test_cyclic_and_symmetric_elements():
+    race = WordSwapGroup("race", RACE_CLASSES)
+    assert race.order == 3
+    sym = WordSwapGroup("race", RACE_CLASSES, kind="symmetric")
+    assert sym.order == 6
+
+
+def test_resolution_covers_every_single_token_form(tokenizer):
+    group = WordSwapGroup("gender", [["man", "he"], ["woman", "she"]]).resolve(tokenizer)
+    # plain and leading-space forms are the same word-level token; the capitalised forms are their own tokens
+    assert set(group.orbits) == {
+        tuple(ids(tokenizer, "man", "woman")),
+        tuple(ids(tokenizer, "Man", "Woman")),
+        tuple(ids(tokenizer, "he", "she")),
+        tuple(ids(tokenizer, "He", "She")),
+    }
+    assert group.vocab_size == len(tokenizer)
+
+
+def test_permutation_tables_inverses_and_canonicaliser(tokenizer):
+    race = WordSwapGroup("race", RACE_CLASSES).resolve(tokenizer)
+    black, white, asian = ids(tokenizer, "Black", "White", "Asian")
+    tables = race.permutation_tables()
+    assert tables.shape == (3, len(tokenizer))
+    assert torch.equal(tables[0], torch.arange(len(tokenizer)))
+    assert tables[1, black] == white and tables[1, white] == asian and tables[1, asian] == black
+    assert tables[2, black] == asian  # g^2, not g: order-3 groups enumerate all three rotations
+    for g in range(3):
+        assert torch.equal(torch.sort(tables[g]).values, torch.arange(len(tokenizer)))  # a permutation
+        assert torch.equal(tables[g][race.inverse_tables()[g]], torch.arange(len(tokenizer)))
+    canon = race.canonicalizer()
+    assert canon[black] == canon[white] == canon[asian] == black
+    assert canon[5] == 5
+
+
+def test_symmetric_group_tables_are_all_permutations(tokenizer):
+    race = WordSwapGroup("race", RACE_CLASSES, kind="symmetric").resolve(tokenizer)
+    triples = {tuple(t[ids(tokenizer, "Black", "White", "Asian")].tolist()) for t in race.permutation_tables()}
+    assert len(triples) == 6
+
+
+def test_dict_round_trip(tokenizer):
+    group = WordSwapGroup("gender", GENDER_CLASSES).resolve(tokenizer)
+    assert TokenSwapGroup.from_dict(group.to_dict()) == group
+
+
+def test_forms_that_are_not_single_tokens_everywhere_are_skipped_with_one_warning():
+    tokenizer = word_tokenizer(["man", "woman", "Man"])  # "Woman" is unknown
+    with pytest.warns(UserWarning, match=r"'Man'\|'Woman'") as record:
+        group = WordSwapGroup("gender", [["man"], ["woman"]]).resolve(tokenizer)
+    assert len(record) == 1
+    assert group.orbits == (tuple(ids(tokenizer, "man", "woman")),)
+
+
+@pytest.mark.parametrize(
+    "classes, message",
+    [
+        ([["man", "he"], ["woman"]], "equal length"),
+        ([["man"]], "at least two classes"),
+        ([["male", "males"], ["female", "female"]], "'female' is listed twice"),
+        ([["man"], [" woman"]], "invalid word"),
+    ],
+)
+def test_bad_word_lists(classes, message):
+    with pytest.raises(ValueError, match=message):
+        WordSwapGroup("gender", classes)
+
+
+def test_unknown_kind():
+    with pytest.raises(ValueError, match="unknown kind 'dihedral'"):
+        WordSwapGroup("race", RACE_CLASSES, kind="dihedral")
+
+
+def test_word_without_single_token_form_is_named(tokenizer):
+    with pytest.raises(ValueError, match="'househusband', 'housewife' have no single-token form"):
+        WordSwapGroup("gender", [["man", "househusband"], ["woman", "housewife"]]).resolve(tokenizer)
+
+
+def test_skip_missing_drops_the_position_with_a_warning(tokenizer):
+    group = WordSwapGroup("gender", [["man", "househusband"], ["woman", "housewife"]], skip_missing=True)
+    with pytest.warns(UserWarning, match="househusband\\|housewife"):
+        resolved = group.resolve(tokenizer)
+    assert tuple(ids(tokenizer, "man", "woman")) in resolved.orbits
+    with pytest.raises(ValueError, match="no word has a single-token form"):
+        WordSwapGroup("x", [["househusband"], ["housewife"]], skip_missing=True).resolve(tokenizer)
+
+
+def test_token_mapped_to_two_tokens_is_refused():
+    # The "her" trap: a lowercasing tokenizer reads "Her" as "her", which is then swapped with his and him.
+    tokenizer = word_tokenizer(["his", "him", "her"], lowercase=True)
+    with pytest.raises(ValueError, match=r"token 'her' would be swapped with two different tokens \('him' and 'his'\)"):
+        WordSwapGroup("gender", [["his", "him"], ["her", "Her"]]).resolve(tokenizer)
+
+
+def test_token_in_two_classes_is_refused():
+    tokenizer = word_tokenizer(["black", "white"], lowercase=True)
+    with pytest.raises(ValueError, match="token 'black' is in two classes"):
+        WordSwapGroup("race", [["black"], ["white"], ["Black"]]).resolve(tokenizer)
+
+
+def test_overlapping_factors_are_refused(tokenizer):
+    gender = WordSwapGroup("gender", [["man", "gay"], ["woman", "straight"]])
+    orientation = WordSwapGroup("orientation", [["gay"], ["straight"]])
+    with pytest.raises(ValueError, match="'gender' and 'orientation' both contain \\['gay', 'straight'\\]"):
+        resolve_groups([gender, orientation], tokenizer)
+    # the same conflict between already resolved groups is caught on token ids
+    resolved = [g.resolve(tokenizer) for g in (gender, orientation)]
+    with pytest.raises(ValueError, match="both move the tokens \\['gay', 'straight'\\]"):
+        resolve_groups(resolved, tokenizer)
+
+
+def test_vocabulary_mismatches_are_refused(tokenizer):
+    group = WordSwapGroup("race", RACE_CLASSES)
+    with pytest.raises(ValueError, match=f"vocabulary of {len(tokenizer)} tokens but the model has 1000"):
+        resolve_groups([group.resolve(tokenizer)], vocab_size=1000)
+    with pytest.raises(ValueError, match=f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary only 10"):
+        resolve_groups([group], tokenizer, vocab_size=10)
+    with pytest.raises(ValueError, match="pass the tokenizer"):
+        resolve_groups([group])
+    with pytest.raises(ValueError, match="group names must be unique"):
+        resolve_groups([group, group], tokenizer)
+
+
+def test_hand_edited_tables_are_validated():
+    with pytest.raises(ValueError, match="token ids must lie in"):
+        TokenSwapGroup("race", "cyclic", [["a"], ["b"]], orbits=[[1, 99]], vocab_size=10)
+    with pytest.raises(ValueError, match="token id 1 is in two classes"):
+        TokenSwapGroup("race", "cyclic", [["a"], ["b"]], orbits=[[1, 1]], vocab_size=10)
