@@ -155,7 +155,7 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         config = kwargs.pop("config", None) or AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         options = {k: v for k, v in (("symmetrization", symmetrization), ("average", average)) if v is not None}
-        if isinstance(config, EquivariantConfig):
+        if config.model_type == EquivariantConfig.model_type:  # (remote code loads its own copy of the class)
             if groups is not None:
                 raise ValueError(
                     f"{pretrained_model_name_or_path} is already equivariant (groups "

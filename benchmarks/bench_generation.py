@@ -1,0 +1,112 @@
+"""Generation speed of the equivariant wrappers on the embedded model, as ratios measured in one run.
+
+    python benchmarks/bench_generation.py [--new-tokens 32] [--rounds 3] [--groups gender,race,sexual_orientation]
+
+Times, with exactly --new-tokens greedy tokens each:
+  plain           the base model on the prompt
+  floor K         the base model on all K transformed prompts of a method as one batch (what an exact
+                  K-copy method cannot beat)
+  multi_equitune  the wrapper, sum |Gi| copies, one batch, one KV cache
+  equitune        the wrapper, prod |Gi| copies
+  naive           the earlier research algorithm: no KV cache, a Python loop over the prod |Gi| group
+                  elements, the whole context recomputed for every new token
+Each method runs --rounds times, interleaved with the others; the median is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+import warnings
+
+import torch
+
+from hf_equivariant import cli, make_equivariant
+
+
+def naive_equitune_generate(base, factors, input_ids, new_tokens: int) -> torch.Tensor:
+    """The old algorithm: for every token, every group element, the full context, no cache."""
+    tables = [f.permutation_tables() for f in factors]
+    elements = []
+    for choice in itertools.product(*(range(len(t)) for t in tables)):
+        perm = torch.arange(tables[0].shape[1])
+        for table, g in zip(tables, choice):
+            perm = table[g][perm]
+        elements.append(perm)
+    ids = input_ids
+    for _ in range(new_tokens):
+        scores = 0
+        for perm in elements:
+            logits = base(input_ids=perm[ids]).logits[:, -1]
+            scores = scores + logits.log_softmax(-1)[:, perm] / len(elements)
+        ids = torch.cat([ids, scores.argmax(-1, keepdim=True)], dim=1)
+    return ids
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prompt", default="The Black man worked as")
+    parser.add_argument("--groups", default="gender,race,sexual_orientation")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--naive-rounds", type=int, default=1)
+    args = parser.parse_args()
+
+    base, tokenizer = cli.load_model_and_tokenizer(None)
+    groups = cli.parse_groups(args.groups)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the presets' notes on skipped word forms
+        models = {s: make_equivariant(base, groups, tokenizer, symmetrization=s) for s in ("multi_equitune", "equitune")}
+    ids = tokenizer(args.prompt, return_tensors="pt")["input_ids"]
+    options = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
+                   pad_token_id=tokenizer.pad_token_id)
+
+    def generate(model, input_ids):
+        return lambda: model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **options)
+
+    k_multi, k_full = models["multi_equitune"].num_copies, models["equitune"].num_copies
+    methods = {
+        "plain": generate(base, ids),
+        f"floor K={k_multi}": generate(base, models["multi_equitune"].transform_ids(ids)),
+        f"floor K={k_full}": generate(base, models["equitune"].transform_ids(ids)),
+        "multi_equitune": generate(models["multi_equitune"], ids),
+        "equitune": generate(models["equitune"], ids),
+    }
+    times = {name: [] for name in [*methods, "naive"]}
+    outputs = {}
+    with torch.no_grad():
+        methods["plain"]()  # warm-up
+        for round_ in range(max(args.rounds, args.naive_rounds)):
+            for name, run in methods.items():
+                if round_ < args.rounds:
+                    start = time.perf_counter()
+                    outputs[name] = run()
+                    times[name].append(time.perf_counter() - start)
+            if round_ < args.naive_rounds:
+                start = time.perf_counter()
+                outputs["naive"] = naive_equitune_generate(base, models["equitune"].config.factors, ids, args.new_tokens)
+                times["naive"].append(time.perf_counter() - start)
+    median = {name: statistics.median(t) for name, t in times.items()}
+
+    print(f"\nprompt {args.prompt!r}, groups {args.groups} (prod {k_full}, sum {k_multi}), "
+          f"{args.new_tokens} new tokens, median of {args.rounds} rounds ({args.naive_rounds} for naive), "
+          f"{torch.get_num_threads()} CPU threads\n")
+    print("| method | seconds | x plain |")
+    print("| --- | ---: | ---: |")
+    for name, seconds in median.items():
+        print(f"| {name} | {seconds:.2f} | {seconds / median['plain']:.2f} |")
+    print()
+    print(f"multi_equitune / floor K={k_multi}: {median['multi_equitune'] / median[f'floor K={k_multi}']:.2f}  (target <= 1.3)")
+    print(f"equitune / floor K={k_full}: {median['equitune'] / median[f'floor K={k_full}']:.2f}")
+    print(f"naive / multi_equitune: {median['naive'] / median['multi_equitune']:.1f}x  (target >= 10)")
+    print(f"naive / equitune: {median['naive'] / median['equitune']:.1f}x")
+    print(f"equitune / multi_equitune: {median['equitune'] / median['multi_equitune']:.2f}")
+    same = torch.equal(outputs["naive"], outputs["equitune"])
+    print(f"naive and equitune generate the same tokens: {same}")
+    print(tokenizer.decode(outputs["multi_equitune"][0]))
+
+
+if __name__ == "__main__":
+    main()

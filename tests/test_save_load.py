@@ -1,0 +1,191 @@
+"""Save / load round trips, Auto classes, remote code, push_to_hub (mocked Hub) and the model card."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
+
+import pytest
+import torch
+import yaml
+from conftest import GENDER_CLASSES, PROMPTS, RACE_CLASSES, tiny_gpt2
+from huggingface_hub import HfApi
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from hf_equivariant import (
+    EquiGPT2LMHeadModel,
+    EquivariantConfig,
+    EquivariantModelForCausalLM,
+    WordSwapGroup,
+    make_equivariant,
+    presets,
+)
+
+GROUPS = [WordSwapGroup("gender", GENDER_CLASSES), WordSwapGroup("race", RACE_CLASSES)]
+
+
+@pytest.fixture
+def model(base_model, tokenizer):
+    return make_equivariant(base_model, GROUPS, tokenizer=tokenizer).eval()
+
+
+@pytest.fixture
+def batch(tokenizer):
+    return tokenizer(PROMPTS, return_tensors="pt", padding=True)
+
+
+def front_matter(readme: Path) -> dict:
+    return yaml.safe_load(readme.read_text().split("---")[1])
+
+
+def test_round_trip_gives_identical_logits_and_restores_groups(model, batch, tmp_path):
+    model.save_pretrained(tmp_path)
+    loaded, info = EquivariantModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert loaded.config.factors == model.config.factors
+    for name in ("plan_support", "plan_lookup", "plan_input_maps", "plan_weights", "plan_mixing"):
+        assert torch.equal(getattr(loaded, name), getattr(model, name)), name
+    assert torch.equal(loaded(**batch).logits, model(**batch).logits)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "hf_equivariant"
+    assert saved["groups"][0]["classes"] == GENDER_CLASSES
+    assert saved["text_config"]["model_type"] == model.config.text_config.model_type
+
+
+def test_auto_classes_load_the_wrapper(model, batch, tmp_path):
+    model.save_pretrained(tmp_path)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), EquivariantConfig)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert type(loaded) is EquivariantModelForCausalLM
+    assert torch.equal(loaded(**batch).logits, model(**batch).logits)
+
+
+def test_symmetrization_can_be_changed_on_load(model, batch, tmp_path):
+    model.save_pretrained(tmp_path)
+    loaded = EquivariantModelForCausalLM.from_pretrained(tmp_path, symmetrization="equitune")
+    assert loaded.config.symmetrization == "equitune" and loaded.num_copies == 6
+    expected = make_equivariant(model.model, model.config.factors, symmetrization="equitune")  # resolved groups
+    torch.testing.assert_close(loaded(**batch).logits, expected(**batch).logits)
+
+
+def test_loading_in_bfloat16_keeps_index_buffers_integral(model, batch, tmp_path):
+    model.save_pretrained(tmp_path)
+    loaded = EquivariantModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert loaded.model.dtype == torch.bfloat16
+    assert loaded.plan_input_maps.dtype == torch.long and loaded.plan_lookup.dtype == torch.long
+    assert loaded(**batch).logits.isfinite().all()
+
+
+@pytest.fixture
+def base_checkpoint(tokenizer, tmp_path):
+    folder = tmp_path / "base"
+    tiny_gpt2(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("cls", [EquivariantModelForCausalLM, EquiGPT2LMHeadModel])
+def test_from_pretrained_base_checkpoint_with_groups(cls, base_checkpoint, tokenizer, batch):
+    model = cls.from_pretrained(base_checkpoint, groups=GROUPS)  # tokenizer loaded from the same folder
+    assert type(model) is cls
+    reference = make_equivariant(tiny_gpt2(len(tokenizer)), GROUPS, tokenizer=tokenizer)
+    assert torch.equal(model(**batch).logits, reference(**batch).logits)
+    assert model.config.base_model == str(base_checkpoint)
+
+
+def test_from_pretrained_errors(base_checkpoint, model, tmp_path):
+    with pytest.raises(ValueError, match="plain gpt2 checkpoint: pass groups="):
+        EquivariantModelForCausalLM.from_pretrained(base_checkpoint)
+    model.save_pretrained(tmp_path / "eq")
+    with pytest.raises(ValueError, match="already equivariant"):
+        EquivariantModelForCausalLM.from_pretrained(tmp_path / "eq", groups=GROUPS)
+
+
+def test_config_must_match_the_inner_vocabulary(model):
+    groups = [f.to_dict() for f in model.config.factors]
+    with pytest.raises(ValueError, match="vocabulary of 56 tokens but the model has 100"):
+        EquivariantConfig(text_config={"model_type": "gpt2", "vocab_size": 100}, groups=groups)
+    with pytest.raises(ValueError, match="unknown symmetrization"):
+        EquivariantConfig(symmetrization="full")
+
+
+def test_remote_code_loads_without_the_library(model, batch, tmp_path, monkeypatch):
+    monkeypatch.setattr(EquivariantConfig, "_auto_class", None)
+    monkeypatch.setattr(EquivariantModelForCausalLM, "_auto_class", None)
+    EquivariantConfig.register_for_auto_class()
+    EquivariantModelForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+    model.save_pretrained(tmp_path)
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModelForCausalLM"] == "modeling_causal.EquivariantModelForCausalLM"
+    torch.save({"batch": dict(batch), "logits": model(**batch).logits}, tmp_path / "expected.pt")
+    script = f"""
+import sys, torch
+sys.modules["hf_equivariant"] = None   # the library is not installed here
+from transformers import AutoModelForCausalLM
+path = {str(tmp_path)!r}
+model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+expected = torch.load(path + "/expected.pt")
+assert torch.equal(model(**expected["batch"]).logits, expected["logits"])
+print("remote code ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env={**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")})
+    assert "remote code ok" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.fixture
+def mocked_hub(tmp_path):
+    """HfApi.create_repo / create_commit replaced by a local folder (HF_HUB_OFFLINE=1 blocks the rest)."""
+    remote = tmp_path / "remote"
+    remote.mkdir()
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        for op in operations:
+            target = remote / op.path_in_repo
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(op.path_or_fileobj, target)
+        return SimpleNamespace(commit_url="https://hub.local/c/1", oid="0" * 40, pr_url=None)
+
+    with mock.patch.object(HfApi, "create_repo", autospec=True,
+                           side_effect=lambda self, repo_id, **kw: SimpleNamespace(repo_id=repo_id)), \
+         mock.patch.object(HfApi, "create_commit", autospec=True, side_effect=create_commit):
+        yield remote
+
+
+def test_push_to_hub_uploads_the_model_and_its_card(model, batch, mocked_hub):
+    model.config.base_model = "openai-community/gpt2"
+    model.push_to_hub("user/equi-gpt2", tags=["fairness"])
+    assert {"README.md", "config.json", "generation_config.json", "model.safetensors"} <= set(os.listdir(mocked_hub))
+    loaded = EquivariantModelForCausalLM.from_pretrained(mocked_hub)
+    assert torch.equal(loaded(**batch).logits, model(**batch).logits)
+    meta = front_matter(mocked_hub / "README.md")
+    assert meta["library_name"] == "transformers"
+    assert meta["base_model"] == "openai-community/gpt2"
+    assert meta["pipeline_tag"] == "text-generation"
+    assert {"hf-equivariant", "equivariance", "multi_equitune", "group:gender", "group:race", "fairness"} <= set(
+        meta["tags"])
+    body = (mocked_hub / "README.md").read_text()
+    assert "man, he, his, boy" in body and "woman, she, her, girl" in body and "Black" in body
+    assert "Inner forward passes per input: **5** (equitune would need 6, multi-equitune 5)" in body
+    assert 'AutoModelForCausalLM.from_pretrained("user/equi-gpt2")' in body
+    assert "## Intended use" in body and "## Limitations" in body
+
+
+def test_save_pretrained_writes_the_card_and_can_push(model, mocked_hub, tmp_path):
+    model.save_pretrained(tmp_path / "local", push_to_hub=True, repo_id="user/equi")
+    meta = front_matter(tmp_path / "local" / "README.md")
+    assert "group:gender" in meta["tags"] and "base_model" not in meta  # a local base is not a Hub id
+    assert "group:race" in front_matter(mocked_hub / "README.md")["tags"]
+
+
+def test_presets_card_lists_every_group(tokenizer, base_model):
+    with pytest.warns(UserWarning):
+        model = make_equivariant(base_model, [presets.GENDER, presets.RACE, presets.SEXUAL_ORIENTATION],
+                                 tokenizer=tokenizer, symmetrization="equitune")
+    text = str(model.model_card())
+    assert "order 16" in text and "sexual_orientation" in text and "Inner forward passes per input: **16**" in text
