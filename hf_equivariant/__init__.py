@@ -5,6 +5,7 @@ from .configuration_equivariant import EquivariantConfig
 from .groups import TokenSwapGroup, WordSwapGroup, resolve_groups
 from .modeling_causal import EquiGPT2LMHeadModel, EquivariantModelForCausalLM
 from .modeling_equivariant import EquivariantPreTrainedModel
+from .modeling_seq2seq import EquivariantModelForSeq2SeqLM
 from .wrap import make_equivariant, register_auto_classes
 
 register_auto_classes()
@@ -14,6 +15,7 @@ __all__ = [
     "EquiGPT2LMHeadModel",
     "EquivariantConfig",
     "EquivariantModelForCausalLM",
+    "EquivariantModelForSeq2SeqLM",
     "EquivariantPreTrainedModel",
     "TokenSwapGroup",
     "WordSwapGroup",

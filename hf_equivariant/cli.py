@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -74,7 +75,12 @@ def continuations(model, tokenizer, prompts: list[str], args) -> list[str]:
 
 def generate_command(args) -> None:
     base, tokenizer = load_model_and_tokenizer(args.model, args.gguf_file)
-    model = make_equivariant(base, parse_groups(args.groups), tokenizer, args.symmetrization, args.average)
+    with warnings.catch_warnings(record=True) as notes:  # the presets' lists of skipped forms are long
+        warnings.simplefilter("always")
+        model = make_equivariant(base, parse_groups(args.groups), tokenizer, args.symmetrization, args.average)
+    for note in notes:
+        text = str(note.message)
+        print(f"note: {text[:160]}{' ...' if len(text) > 160 else ''}", file=sys.stderr)
     outputs = {
         label: continuations(lm, tokenizer, args.prompt, args)
         for label, lm in (("base", base), (f"equivariant ({args.symmetrization})", model))

@@ -12,6 +12,14 @@ tokenizer are left out with a warning rather than failing, so each preset works 
 - RELIGION: Christian, Muslim, Jewish, Hindu, Buddhist (and the plural nouns Christians, Muslims,
   Jews, Hindus, Buddhists); cyclic of order 5.
 
+SCAN (Lake & Baroni 2018) groups pair each command word with its action, so that one permutation acts
+on the shared vocabulary of `hf_equivariant.data.scan.scan_tokenizer()`; they are strict (every word
+must be a single token):
+- SCAN_VERBS: jump, run, walk, look with I_JUMP, I_RUN, I_WALK, I_LOOK; cyclic of order 4.
+- SCAN_DIRECTIONS: left|right with I_TURN_LEFT|I_TURN_RIGHT; order 2.
+- SCAN-II factors: SCAN_II_VERBS (jump|run with I_JUMP|I_RUN), SCAN_DIRECTIONS, SCAN_II_UP_DOWN
+  (up|down with I_TURN_UP|I_TURN_DOWN); SCAN_II is the three together (8 elements, 6 multi-equitune passes).
+
 Use `WordSwapGroup(name, classes, kind="symmetric")` for the full symmetric group over the classes.
 """
 
@@ -46,4 +54,13 @@ RELIGION = WordSwapGroup(
     skip_missing=True,
 )
 
-BY_NAME = {g.name: g for g in (GENDER, RACE, SEXUAL_ORIENTATION, RELIGION)}
+SCAN_VERBS = WordSwapGroup("scan_verbs", [["jump", "I_JUMP"], ["run", "I_RUN"], ["walk", "I_WALK"], ["look", "I_LOOK"]])
+SCAN_DIRECTIONS = WordSwapGroup("scan_directions", [["left", "I_TURN_LEFT"], ["right", "I_TURN_RIGHT"]])
+SCAN_II_VERBS = WordSwapGroup("scan_ii_verbs", [["jump", "I_JUMP"], ["run", "I_RUN"]])
+SCAN_II_UP_DOWN = WordSwapGroup("scan_ii_up_down", [["up", "I_TURN_UP"], ["down", "I_TURN_DOWN"]])
+SCAN_II = (SCAN_II_VERBS, SCAN_DIRECTIONS, SCAN_II_UP_DOWN)
+
+BY_NAME = {
+    g.name: g
+    for g in (GENDER, RACE, SEXUAL_ORIENTATION, RELIGION, SCAN_VERBS, SCAN_DIRECTIONS, SCAN_II_VERBS, SCAN_II_UP_DOWN)
+}

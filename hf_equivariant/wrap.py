@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
 
 from .configuration_equivariant import EquivariantConfig
 from .modeling_causal import EquivariantModelForCausalLM
+from .modeling_seq2seq import EquivariantModelForSeq2SeqLM
 
 
 def make_equivariant(
@@ -15,17 +16,17 @@ def make_equivariant(
     symmetrization: str = "multi_equitune",
     average: str = "log_probs",
 ):
-    """Wrap an in-memory causal LM so that it is exactly equivariant to the product of `groups`.
+    """Wrap an in-memory causal or seq2seq LM so that it is exactly equivariant to the product of `groups`.
 
     `groups` are `WordSwapGroup`s (resolved with `tokenizer`) or already resolved `TokenSwapGroup`s.
     The wrapper shares the model's weights and leaves them untouched.
     """
-    if model.config.is_encoder_decoder:
-        raise NotImplementedError("encoder-decoder models are not supported yet; wrap a causal LM")
-    return EquivariantModelForCausalLM.from_base_model(model, groups, tokenizer, symmetrization, average)
+    wrapper = EquivariantModelForSeq2SeqLM if model.config.is_encoder_decoder else EquivariantModelForCausalLM
+    return wrapper.from_base_model(model, groups, tokenizer, symmetrization, average)
 
 
 def register_auto_classes() -> None:
-    """Make `AutoConfig` and `AutoModelForCausalLM` load saved equivariant models."""
+    """Make `AutoConfig`, `AutoModelForCausalLM` and `AutoModelForSeq2SeqLM` load saved equivariant models."""
     AutoConfig.register(EquivariantConfig.model_type, EquivariantConfig, exist_ok=True)
     AutoModelForCausalLM.register(EquivariantConfig, EquivariantModelForCausalLM, exist_ok=True)
+    AutoModelForSeq2SeqLM.register(EquivariantConfig, EquivariantModelForSeq2SeqLM, exist_ok=True)

@@ -12,7 +12,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach t
 import pytest
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    BartConfig,
+    BartForConditionalGeneration,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 from hf_equivariant import WordSwapGroup
 
@@ -85,12 +95,48 @@ def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
+def tiny_t5(vocab_size: int, seed: int = 0) -> T5ForConditionalGeneration:
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=2, pad_token_id=0,
+        eos_token_id=3, decoder_start_token_id=0, dropout_rate=0.0,
+    )
+    model = T5ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # T5's own initialisation gives one repeated token in generation
+        for name, param in model.named_parameters():
+            if "layer_norm" not in name:
+                param.normal_(0, 0.5)
+    return model
+
+
+def tiny_bart(vocab_size: int, seed: int = 0) -> BartForConditionalGeneration:
+    torch.manual_seed(seed)
+    config = BartConfig(
+        vocab_size=vocab_size, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+        pad_token_id=0, bos_token_id=2, eos_token_id=3, decoder_start_token_id=3, init_std=0.5, dropout=0.0,
+        attention_dropout=0.0, activation_dropout=0.0,
+    )
+    return BartForConditionalGeneration(config).eval()
+
+
 ARCHITECTURES = {"gpt2": tiny_gpt2, "llama": tiny_llama}
+SEQ2SEQ_ARCHITECTURES = {"t5": tiny_t5, "bart": tiny_bart}
 
 
 @pytest.fixture(params=sorted(ARCHITECTURES))
 def base_model(request, tokenizer):
     return ARCHITECTURES[request.param](len(tokenizer))
+
+
+@pytest.fixture(scope="session")
+def seq2seq_tokenizer():
+    return word_tokenizer(padding_side="right")
+
+
+@pytest.fixture(params=sorted(SEQ2SEQ_ARCHITECTURES))
+def seq2seq_model(request, seq2seq_tokenizer):
+    return SEQ2SEQ_ARCHITECTURES[request.param](len(seq2seq_tokenizer))
 
 
 def element_permutation(tokenizer, class_lists, shifts, vocab_size=None) -> torch.Tensor:

@@ -1,0 +1,105 @@
+"""Equivariant sequence-to-sequence models: any `AutoModelForSeq2SeqLM` symmetrised over word-swap groups.
+
+The group acts on the encoder ids, the decoder ids and the output scores. Copy k of a pair (x, y) is
+(a_k(x), a_k(y)): the encoder runs once per copy (K*B rows, also in generate(), whose single encoder
+call goes through `get_encoder()`), the decoder extends each copy's own transformed history, and the
+copies' scores combine as in the causal model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModelForSeq2SeqLM, GenerationMixin
+from transformers.loss.loss_utils import fixed_cross_entropy
+from transformers.modeling_outputs import Seq2SeqLMOutput
+from transformers.utils.deprecation import deprecate_kwarg
+
+from .modeling_equivariant import EquivariantPreTrainedModel
+
+
+class CopiesEncoder(nn.Module):
+    """The inner encoder applied to every copy of the input: B rows in, K*B rows out (copy-major).
+
+    Its signature is explicit (no **kwargs): generate() passes an encoder only the arguments it names,
+    which keeps `labels` and other decoder inputs away from it.
+    """
+
+    def __init__(self, wrapper: EquivariantModelForSeq2SeqLM):
+        super().__init__()
+        self.wrapper = wrapper
+
+    def forward(self, input_ids, attention_mask=None, output_attentions=None, output_hidden_states=None,
+                return_dict=True):
+        wrapper = self.wrapper
+        return wrapper.model.get_encoder()(
+            input_ids=wrapper.transform_ids(input_ids),
+            attention_mask=wrapper.tile(attention_mask),
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+
+
+class EquivariantModelForSeq2SeqLM(EquivariantPreTrainedModel, GenerationMixin):
+    """A seq2seq LM (T5, BART, ...) that is exactly equivariant to a product of word-swap groups.
+
+    ```python
+    model = make_equivariant(t5_model, [presets.SCAN_VERBS], tokenizer=tok)
+    model.generate(**tok(["jump twice"], return_tensors="pt"))
+    ```
+    """
+
+    auto_model_class = AutoModelForSeq2SeqLM
+
+    def get_encoder(self, modality=None):
+        return CopiesEncoder(self)
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.model.prepare_decoder_input_ids_from_labels(labels=labels)
+
+    @deprecate_kwarg("past_key_values", version="5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        decoder_input_ids=None,
+        decoder_attention_mask=None,
+        encoder_outputs=None,
+        cache=None,
+        inputs_embeds=None,
+        decoder_inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput:
+        """Symmetrised decoder logits [B, T, V]; with `labels`, the cross-entropy of the symmetrised distribution."""
+        if inputs_embeds is not None or decoder_inputs_embeds is not None:
+            raise ValueError("the group acts on token ids: pass input_ids and decoder_input_ids, not embeddings")
+        kwargs.pop("return_dict", None)
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        if decoder_input_ids is None:
+            if labels is None:
+                raise ValueError("pass decoder_input_ids or labels")
+            decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+        if encoder_outputs is None:
+            if input_ids is None:
+                raise ValueError("pass input_ids (or encoder_outputs of every copy)")
+            encoder_outputs = self.get_encoder()(input_ids, attention_mask)
+        if attention_mask is not None and attention_mask.shape[0] != encoder_outputs[0].shape[0]:
+            attention_mask = self.tile(attention_mask)  # generate() keeps the encoder mask at B rows
+        outputs = self.model(
+            encoder_outputs=encoder_outputs,
+            attention_mask=attention_mask,
+            decoder_input_ids=self.transform_ids(decoder_input_ids),
+            decoder_attention_mask=self.tile(decoder_attention_mask),
+            cache=cache,
+            use_cache=self.config.use_cache if use_cache is None else use_cache,
+            return_dict=True,
+            **kwargs,
+        )
+        logits = self.combine(outputs.logits)
+        loss = None
+        if labels is not None:
+            loss = fixed_cross_entropy(logits.flatten(0, 1), labels.flatten().to(logits.device), num_items_in_batch)
+        return Seq2SeqLMOutput(loss=loss, logits=logits, cache=outputs.cache)

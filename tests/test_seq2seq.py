@@ -1,0 +1,110 @@
+"""Exact equivariance of the seq2seq wrapper on tiny T5 and BART models: logits, generation, cache, save/load."""
+
+import pytest
+import torch
+from conftest import GENDER_CLASSES, PROMPTS, RACE_CLASSES, all_elements, element_permutation
+from transformers import AutoModelForSeq2SeqLM
+
+from hf_equivariant import EquivariantModelForSeq2SeqLM, WordSwapGroup, make_equivariant
+
+CLASS_LISTS = [GENDER_CLASSES, RACE_CLASSES]
+TARGETS = ["a man was a doctor", "she had her", "the White boy"]
+
+
+def wrap(base, tokenizer, symmetrization="multi_equitune"):
+    groups = [WordSwapGroup("gender", GENDER_CLASSES), WordSwapGroup("race", RACE_CLASSES)]
+    return make_equivariant(base, groups, tokenizer=tokenizer, symmetrization=symmetrization).eval()
+
+
+@pytest.fixture
+def batch(seq2seq_tokenizer):
+    return seq2seq_tokenizer(PROMPTS, text_target=TARGETS, return_tensors="pt", padding=True)
+
+
+@pytest.mark.parametrize("symmetrization", ["equitune", "multi_equitune"])
+def test_teacher_forced_logits_are_equivariant(seq2seq_model, seq2seq_tokenizer, batch, symmetrization):
+    model = wrap(seq2seq_model, seq2seq_tokenizer, symmetrization)
+    assert type(model) is EquivariantModelForSeq2SeqLM
+    decoder_ids = model.prepare_decoder_input_ids_from_labels(batch["labels"])
+    inputs = dict(attention_mask=batch["attention_mask"])
+    with torch.no_grad():
+        reference = model(input_ids=batch["input_ids"], decoder_input_ids=decoder_ids, **inputs).logits
+        base_reference = seq2seq_model(input_ids=batch["input_ids"], decoder_input_ids=decoder_ids, **inputs).logits
+        errors, base_errors = [], []
+        for g in all_elements(CLASS_LISTS):
+            p = element_permutation(seq2seq_tokenizer, CLASS_LISTS, g)
+            moved = dict(input_ids=p[batch["input_ids"]], decoder_input_ids=p[decoder_ids], **inputs)
+            errors.append((model(**moved).logits[..., p] - reference).abs().max().item())
+            base_errors.append((seq2seq_model(**moved).logits[..., p] - base_reference).abs().max().item())
+    assert max(errors) <= 1e-4
+    assert max(base_errors) > 1e-2  # negative control
+
+
+@pytest.mark.parametrize("symmetrization", ["equitune", "multi_equitune"])
+def test_greedy_generation_is_equivariant_and_cache_safe(seq2seq_model, seq2seq_tokenizer, batch, symmetrization):
+    model = wrap(seq2seq_model, seq2seq_tokenizer, symmetrization)
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert torch.equal(out, model.generate(**inputs, max_new_tokens=8, do_sample=False, use_cache=False))
+    for g in all_elements(CLASS_LISTS):
+        p = element_permutation(seq2seq_tokenizer, CLASS_LISTS, g)
+        moved = model.generate(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"],
+                               max_new_tokens=8, do_sample=False)
+        assert torch.equal(moved, p[out]), g
+
+
+def test_generate_runs_the_encoder_once_on_every_copy(seq2seq_model, seq2seq_tokenizer, batch):
+    model = wrap(seq2seq_model, seq2seq_tokenizer)
+    rows = []
+    handle = model.model.get_encoder().register_forward_pre_hook(
+        lambda m, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=4)
+    handle.remove()
+    assert rows == [model.num_copies * len(PROMPTS)]
+
+
+def test_beam_search_with_cache_equals_without(seq2seq_model, seq2seq_tokenizer, batch):
+    model = wrap(seq2seq_model, seq2seq_tokenizer)
+    options = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=6,
+                   num_beams=3, num_return_sequences=2, do_sample=False)
+    cached = model.generate(**options)
+    assert cached.shape[0] == 2 * len(PROMPTS)
+    assert torch.equal(cached, model.generate(**options, use_cache=False))
+
+
+def test_loss_is_the_unshifted_cross_entropy_of_the_symmetrised_distribution(seq2seq_model, seq2seq_tokenizer,
+                                                                             batch):
+    model = wrap(seq2seq_model, seq2seq_tokenizer)
+    labels = batch["labels"].masked_fill(batch["labels"] == seq2seq_tokenizer.pad_token_id, -100)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
+    log_probs = out.logits.log_softmax(-1)
+    picked = log_probs.gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    expected = -(picked * (labels != -100)).sum() / (labels != -100).sum()
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_save_load_round_trip(seq2seq_model, seq2seq_tokenizer, batch, tmp_path):
+    model = wrap(seq2seq_model, seq2seq_tokenizer)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+    assert type(loaded) is EquivariantModelForSeq2SeqLM
+    decoder_ids = model.prepare_decoder_input_ids_from_labels(batch["labels"])
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=decoder_ids)
+    assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
+    assert "pipeline_tag: text2text-generation" in (tmp_path / "README.md").read_text()
+    assert "AutoModelForSeq2SeqLM.from_pretrained" in (tmp_path / "README.md").read_text()
+
+
+def test_from_pretrained_base_checkpoint(seq2seq_model, seq2seq_tokenizer, batch, tmp_path):
+    seq2seq_model.save_pretrained(tmp_path)
+    seq2seq_tokenizer.save_pretrained(tmp_path)
+    loaded = EquivariantModelForSeq2SeqLM.from_pretrained(tmp_path, groups=[WordSwapGroup("race", RACE_CLASSES)])
+    assert loaded.num_copies == 3
+    out = loaded.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=3)
+    assert out.shape[0] == len(PROMPTS)
+
+
+def test_embeddings_are_refused(seq2seq_model, seq2seq_tokenizer):
+    model = wrap(seq2seq_model, seq2seq_tokenizer)
+    with pytest.raises(ValueError, match="acts on token ids"):
+        model(inputs_embeds=torch.zeros(1, 2, 32), decoder_input_ids=torch.zeros(1, 1, dtype=torch.long))
