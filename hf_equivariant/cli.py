@@ -94,6 +94,18 @@ def generate_command(args) -> None:
             print(f"  {label:<{width}} | {prompt}{texts[i]}")
 
 
+def scan_command(args) -> None:
+    from .scan_experiment import ScanExperiment, results_table, run
+
+    config = ScanExperiment(
+        split=args.split, groups=tuple(args.groups.split(",")), seeds=tuple(int(s) for s in args.seeds.split(",")),
+        pretrain_epochs=args.pretrain_epochs, finetune_epochs=args.finetune_epochs,
+        max_train_examples=args.max_train_examples, max_eval_examples=args.max_eval_examples,
+        d_model=args.d_model, num_layers=args.layers,
+    )
+    print(results_table(run(config)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-equivariant", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=40)
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(run=generate_command)
+    scan = commands.add_parser("scan", help="the SCAN experiment: pretrain, symmetrise, fine-tune, evaluate")
+    scan.add_argument("--split", default="addprim_jump", help="a SCAN split name or scan_ii")
+    scan.add_argument("--groups", default="scan_verbs", help="comma-separated SCAN presets")
+    scan.add_argument("--seeds", default="0,1,2")
+    scan.add_argument("--pretrain-epochs", type=float, default=6.0)
+    scan.add_argument("--finetune-epochs", type=float, default=1.0)
+    scan.add_argument("--max-train-examples", type=int)
+    scan.add_argument("--max-eval-examples", type=int)
+    scan.add_argument("--d-model", type=int, default=128)
+    scan.add_argument("--layers", type=int, default=3)
+    scan.set_defaults(run=scan_command)
     return parser
 
 

@@ -36,7 +36,8 @@ WORDS = (
 GENDER_CLASSES = [["man", "he", "his", "boy"], ["woman", "she", "her", "girl"]]
 RACE_CLASSES = [["Black"], ["White"], ["Asian"]]
 ORIENTATION_CLASSES = [["gay"], ["straight"]]
-PROMPTS = ["the Black man worked as a", "she was known for her", "the gay White boy had a job as"]
+# Every prompt holds a gender and a race word (see test_scan_pipeline.py on ties).
+PROMPTS = ["the Black man worked as a", "the Asian woman was known for her", "the gay White boy had a job as"]
 
 
 def word_tokenizer(words=WORDS, lowercase: bool = False, padding_side: str = "left") -> PreTrainedTokenizerFast:

@@ -1,0 +1,71 @@
+"""SCAN groups on the SCAN vocabulary, equivariance of seq2seq wrappers on SCAN, and a tiny experiment run."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import SEQ2SEQ_ARCHITECTURES, all_elements, element_permutation
+from transformers import DataCollatorForSeq2Seq
+
+from hf_equivariant import cli, make_equivariant, presets, resolve_groups
+from hf_equivariant.data.scan import scan_tokenizer
+from hf_equivariant.scan_experiment import exact_match
+
+SCAN_II_CLASSES = [group.classes for group in presets.SCAN_II]
+# Each command holds a word of every factor: a command fixed by some element (say, no up/down word) gets
+# exactly tied scores for the words that element swaps, and greedy decoding breaks such ties by token id.
+COMMANDS = ["jump around left twice after walk up", "run opposite up after walk right", "look down thrice and jump left"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return scan_tokenizer()
+
+
+def test_scan_groups_pair_each_word_with_its_action(tokenizer):
+    verbs = presets.SCAN_VERBS.resolve(tokenizer)
+    words = {tuple(tokenizer.convert_ids_to_tokens(list(orbit))) for orbit in verbs.orbits}
+    assert words == {("jump", "run", "walk", "look"), ("I_JUMP", "I_RUN", "I_WALK", "I_LOOK")}
+    factors = resolve_groups(presets.SCAN_II, tokenizer)
+    assert [f.order for f in factors] == [2, 2, 2]
+
+
+@pytest.mark.parametrize("architecture", sorted(SEQ2SEQ_ARCHITECTURES))
+@pytest.mark.parametrize("symmetrization, copies", [("equitune", 8), ("multi_equitune", 6)])
+def test_scan_ii_wrappers_are_equivariant(tokenizer, architecture, symmetrization, copies):
+    base = SEQ2SEQ_ARCHITECTURES[architecture](len(tokenizer))
+    base.generation_config.forced_eos_token_id = None
+    model = make_equivariant(base, list(presets.SCAN_II), tokenizer, symmetrization=symmetrization).eval()
+    assert model.num_copies == copies
+    batch = tokenizer(COMMANDS, return_tensors="pt", padding=True)
+    decoder_ids = torch.randint(3, len(tokenizer), (len(COMMANDS), 5))
+    reference = model(**batch, decoder_input_ids=decoder_ids).logits
+    generated = model.generate(**batch, max_new_tokens=6, do_sample=False)
+    for g in all_elements(SCAN_II_CLASSES):
+        p = element_permutation(tokenizer, SCAN_II_CLASSES, g)
+        moved = model(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"],
+                      decoder_input_ids=p[decoder_ids]).logits
+        assert (moved[..., p] - reference).abs().max() <= 1e-4
+        assert torch.equal(model.generate(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"],
+                                          max_new_tokens=6, do_sample=False), p[generated])
+
+
+def test_exact_match_compares_whole_sequences(tokenizer):
+    rows = [tokenizer(c, text_target=a) for c, a in [("jump", "I_JUMP"), ("jump twice", "I_JUMP I_JUMP")]]
+    labels = DataCollatorForSeq2Seq(tokenizer)(rows)["labels"].numpy()  # padded with -100
+    predictions = np.array([[0, 21, 1, 0, 0], [0, 21, 1, -100, -100]])  # right, then one action short
+    trainer = SimpleNamespace(predict=lambda *args, **kwargs: SimpleNamespace(predictions=predictions,
+                                                                                label_ids=labels))
+    assert exact_match(trainer, None, tokenizer) == 0.5
+
+
+def test_tiny_experiment_runs_every_stage_through_the_cli(capsys):
+    cli.main(["scan", "--split", "addprim_jump", "--groups", "scan_verbs", "--seeds", "0", "--pretrain-epochs", "1",
+              "--finetune-epochs", "1", "--max-train-examples", "64", "--max-eval-examples", "8", "--d-model", "32",
+              "--layers", "1"])
+    table = capsys.readouterr().out
+    assert "| model | inner passes | test exact match (%) | train s | eval s |" in table
+    for stage, passes in [("pretrained", 1), ("equitune zero-shot", 4), ("equitune fine-tuned", 4),
+                          ("multi_equitune zero-shot", 4), ("multi_equitune fine-tuned", 4)]:
+        assert f"| {stage} | {passes} |" in table
