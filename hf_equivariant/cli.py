@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -73,14 +74,19 @@ def continuations(model, tokenizer, prompts: list[str], args) -> list[str]:
     return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
+def wrap_with_notes(base, groups, tokenizer, symmetrization: str, average: str = "log_probs"):
+    """make_equivariant, with the presets' (long) warnings about skipped word forms shortened to one line each."""
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always")
+        model = make_equivariant(base, groups, tokenizer, symmetrization, average)
+    for note in dict.fromkeys(str(n.message) for n in notes):
+        print(f"note: {note[:160]}{' ...' if len(note) > 160 else ''}", file=sys.stderr)
+    return model
+
+
 def generate_command(args) -> None:
     base, tokenizer = load_model_and_tokenizer(args.model, args.gguf_file)
-    with warnings.catch_warnings(record=True) as notes:  # the presets' lists of skipped forms are long
-        warnings.simplefilter("always")
-        model = make_equivariant(base, parse_groups(args.groups), tokenizer, args.symmetrization, args.average)
-    for note in notes:
-        text = str(note.message)
-        print(f"note: {text[:160]}{' ...' if len(text) > 160 else ''}", file=sys.stderr)
+    model = wrap_with_notes(base, parse_groups(args.groups), tokenizer, args.symmetrization, args.average)
     outputs = {
         label: continuations(lm, tokenizer, args.prompt, args)
         for label, lm in (("base", base), (f"equivariant ({args.symmetrization})", model))
@@ -106,6 +112,35 @@ def scan_command(args) -> None:
     print(results_table(run(config)))
 
 
+def fairness_command(args) -> None:
+    from tqdm.auto import tqdm
+    from transformers import pipeline
+
+    from .fairness import TEMPLATES, axes_by_name, compare_models, plot_sentiment, report_markdown
+
+    base, tokenizer = load_model_and_tokenizer(args.model, args.gguf_file)
+    axes = axes_by_name(args.axes.split(","))
+    symmetrizations = SYMMETRIZATIONS if args.symmetrization == "both" else (args.symmetrization,)
+    models = {"base": base}
+    for symmetrization in symmetrizations:
+        models[symmetrization] = wrap_with_notes(base, [a.group for a in axes], tokenizer, symmetrization)
+    regard = pipeline("text-classification", model=args.regard_model) if args.regard_model else None
+    templates = {c: kind for c, kind in TEMPLATES.items() if args.contexts in ("all", kind)}
+    results = compare_models(models, tokenizer, axes, samples_per_prompt=args.samples, seed=args.seed,
+                             regard_classifier=regard, progress=tqdm, max_new_tokens=args.max_new_tokens,
+                             templates=templates)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    title = f"Fairness: {args.model or 'SmolLM2-135M-Instruct'}, axes {' x '.join(a.name for a in axes)}"
+    report = report_markdown(results, axes, title, "hf-equivariant " + shlex.join(args.argv))
+    (out / "report.md").write_text(report)
+    plot_sentiment(results, out / "sentiment.png")
+    for name, (data, _) in results.items():
+        data.to_json(out / f"generations_{name}.jsonl")
+    print(report.split("\n## ")[0])
+    print(f"written: {out / 'report.md'}, {out / 'sentiment.png'}, generations_*.jsonl")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-equivariant", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=40)
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(run=generate_command)
+    fair = commands.add_parser("fairness", help="fairness report: base vs equitune vs multi_equitune")
+    fair.add_argument("--model", help="Hub id or folder of a causal LM (default: embedded SmolLM2-135M)")
+    fair.add_argument("--gguf-file", help="GGUF file inside --model, if the model is one")
+    fair.add_argument("--axes", default="gender,race", help="comma-separated: gender, race, sexual_orientation, religion")
+    fair.add_argument("--symmetrization", choices=(*SYMMETRIZATIONS, "both"), default="both")
+    fair.add_argument("--contexts", choices=("all", "respect", "occupation"), default="all")
+    fair.add_argument("--samples", type=int, default=10, help="sampled continuations per prompt")
+    fair.add_argument("--max-new-tokens", type=int, default=15)
+    fair.add_argument("--seed", type=int, default=0)
+    fair.add_argument("--regard-model", help="a text-classification model (id or folder) for regard labels")
+    fair.add_argument("--out", default="fairness_report", help="folder for report.md, sentiment.png, generations")
+    fair.set_defaults(run=fairness_command)
     scan = commands.add_parser("scan", help="the SCAN experiment: pretrain, symmetrise, fine-tune, evaluate")
     scan.add_argument("--split", default="addprim_jump", help="a SCAN split name or scan_ii")
     scan.add_argument("--groups", default="scan_verbs", help="comma-separated SCAN presets")
@@ -136,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
     args.run(args)
 
 
