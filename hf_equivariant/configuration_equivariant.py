@@ -21,6 +21,10 @@ class EquivariantConfig(PreTrainedConfig):
         symmetrization: "multi_equitune" (sum |Gi| inner passes) or "equitune" (prod |Gi|).
         average: what the copies' outputs average: "log_probs", "logits" or "probs".
         base_model: name or path of the checkpoint the model was built from (for the model card).
+        deduplicate: run the inner model once per distinct copy (exact; copies of an input that are
+            equal token for token share an inner row and, in generation, a KV-cache row).
+        max_inner_rows: at most this many inner rows per inner call in passes that use no KV cache
+            (training, scoring, use_cache=False), to bound memory; None for no cap.
     """
 
     model_type = "hf_equivariant"
@@ -31,6 +35,8 @@ class EquivariantConfig(PreTrainedConfig):
     symmetrization: str = "multi_equitune"
     average: str = "log_probs"
     base_model: str | None = None
+    deduplicate: bool = True
+    max_inner_rows: int | None = None
     use_cache: bool = True
 
     def __post_init__(self, **kwargs):

@@ -1,9 +1,9 @@
 """Equivariant causal language models: any `AutoModelForCausalLM` symmetrised over word-swap groups.
 
-forward(x) = combine_k( M(copy_k(x)) ): all K copies of the batch run through the inner model M as
-one batch of K*B rows (copy-major), then untransform and average (see `symmetrize`). In generation
-every new token is transformed like the prompt, so each copy extends its own transformed history
-and the inner KV cache simply holds K*B rows.
+forward(x) = combine_k( M(copy_k(x)) ): the K copies of the batch (K*B rows, copy-major) run through
+the inner model M as one batch, one row per distinct copy, then untransform and average (see
+`symmetrize`). In generation every new token is transformed like the prompt, so each copy extends its
+own transformed history; the inner KV cache holds one row per distinct history.
 """
 
 from __future__ import annotations
@@ -50,16 +50,23 @@ class EquivariantModelForCausalLM(EquivariantPreTrainedModel, GenerationMixin):
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         if logits_to_keep:
             kwargs["logits_to_keep"] = logits_to_keep
-        outputs = self.model(
-            input_ids=self.transform_ids(input_ids),
-            attention_mask=self.tile(attention_mask),
-            position_ids=self.tile(position_ids),
-            cache=cache,
-            use_cache=self.config.use_cache if use_cache is None else use_cache,
-            return_dict=True,
-            **kwargs,
-        )
-        logits = self.combine(outputs.logits)
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        copies = self.transform_ids(input_ids)
+        rows = self.copy_rows(copies, input_ids.shape[0], cache)
+        owners = rows.owners
+
+        def run_inner(block):
+            return self.model(
+                input_ids=copies[rows.representatives[block]],
+                attention_mask=None if attention_mask is None else attention_mask[owners[block]],
+                position_ids=None if position_ids is None else position_ids[owners[block]],
+                cache=cache,
+                use_cache=use_cache,
+                return_dict=True,
+                **kwargs,
+            )
+
+        logits, outputs = self.symmetrised_logits(run_inner, rows, uses_cache=use_cache or cache is not None)
         loss = None
         if labels is not None:
             loss = self.loss_function(

@@ -17,7 +17,7 @@ from transformers import initialization as init
 
 from .configuration_equivariant import EquivariantConfig
 from .groups import resolve_groups
-from .symmetrize import CopyPlan, combine, expand_rows, plan_copies, support_lookup, tile, transform_ids
+from .symmetrize import CopyPlan, CopyRows, combine, expand_rows, plan_copies, support_lookup, transform_ids
 
 HUB_KWARGS = (
     "cache_dir",
@@ -87,16 +87,68 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         """[B, T] -> [K*B, T]: every copy of every row, copy-major."""
         return transform_ids(ids, self.plan_lookup, self.plan_input_maps)
 
-    def tile(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
-        return tile(tensor, self.num_copies)
+    def copy_rows(self, keys: torch.Tensor, batch_size: int, cache=None) -> CopyRows:
+        """The inner rows that compute the K*B copy rows, whose histories `keys` ([K*B, L]) describe.
 
-    def combine(self, logits: torch.Tensor) -> torch.Tensor:
-        """[K*B, ..., V] inner logits -> [B, ..., V] symmetrised logits."""
-        return combine(logits, self.plan, self.config.average)
+        With `config.deduplicate`, copies with equal histories share an inner row. With a KV cache, a
+        copy's history is its cache row plus its new tokens: copies that shared a row and now receive
+        different tokens fork it (the cache is reordered, as in beam search), so the cache keeps one row
+        per distinct history. Compileable (static) caches keep all K*B rows.
+        """
+        every = CopyRows.every(self.num_copies, batch_size, keys.device)
+        if not self.deduplicates(cache):
+            return every
+        past = getattr(cache, "copy_rows", None)
+        if past is None and cache is not None and cache.get_seq_length() > 0:
+            past = every  # a cache filled without deduplication
+        # Rows are shared within one input row only (combine() adds each inner row to one input row).
+        prefix = [every.owners[:, None]] + ([] if past is None else [past.inverse[:, None]])
+        rows = CopyRows.distinct(torch.cat([*prefix, keys], dim=1), batch_size)
+        if past is not None:
+            index = past.inverse[rows.representatives]
+            if index.shape[0] != past.num_rows or not torch.equal(index, torch.arange(past.num_rows,
+                                                                                      device=index.device)):
+                cache.reorder_cache(index)
+        return rows
+
+    def deduplicates(self, cache=None) -> bool:
+        """Whether copies share inner rows: `config.deduplicate`, except with compileable (static) caches."""
+        return self.config.deduplicate and not (cache is not None and cache.is_compileable)
+
+    def inner_blocks(self, num_rows: int, uses_cache: bool) -> list[slice]:
+        """Blocks of inner rows per inner call: at most `config.max_inner_rows` unless a KV cache is used."""
+        cap = self.config.max_inner_rows
+        if not cap or uses_cache:
+            return [slice(0, num_rows)]
+        return [slice(start, min(start + cap, num_rows)) for start in range(0, num_rows, cap)]
+
+    def symmetrised_logits(self, run_inner, rows: CopyRows, uses_cache: bool):
+        """Run `run_inner(block)` (the inner model on a block of inner rows) block by block and combine.
+
+        Returns (symmetrised [B, ..., V] logits, the last inner output, whose cache now maps every copy row).
+        """
+        last = {}
+
+        def logits(block):
+            last["output"] = run_inner(block)
+            return last["output"].logits
+
+        combined = combine(map(logits, self.inner_blocks(rows.num_rows, uses_cache)), self.plan, rows,
+                           self.config.average)
+        output = last["output"]
+        if output.cache is not None and self.deduplicates(output.cache):
+            output.cache.copy_rows = rows
+        return combined, output
 
     def _reorder_cache(self, cache, beam_idx: torch.Tensor):
-        """Beam search reorders B rows; the inner cache holds K*B rows, copy-major."""
-        cache.reorder_cache(expand_rows(beam_idx, self.num_copies, beam_idx.shape[0]))
+        """Beam search reorders B rows: the copy rows follow, and the cache keeps the rows still used."""
+        index = expand_rows(beam_idx, self.num_copies, beam_idx.shape[0])
+        past = getattr(cache, "copy_rows", None) if self.deduplicates(cache) else None
+        if past is None:
+            cache.reorder_cache(index)
+            return cache
+        cache.copy_rows, kept = past.reorder(index)
+        cache.reorder_cache(kept)
         return cache
 
     def get_input_embeddings(self):

@@ -1,8 +1,9 @@
 """Equivariant sequence-to-sequence models: any `AutoModelForSeq2SeqLM` symmetrised over word-swap groups.
 
 The group acts on the encoder ids, the decoder ids and the output scores. Copy k of a pair (x, y) is
-(a_k(x), a_k(y)): the encoder runs once per copy (K*B rows, also in generate(), whose single encoder
-call goes through `get_encoder()`), the decoder extends each copy's own transformed history, and the
+(a_k(x), a_k(y)): the encoder runs once per distinct copy of x and its outputs cover all K*B copy rows
+(also in generate(), whose single encoder call goes through `get_encoder()`); the decoder extends each
+copy's own transformed history, one inner row per distinct (encoder output, decoder history), and the
 copies' scores combine as in the causal model.
 """
 
@@ -12,14 +13,15 @@ import torch
 from torch import nn
 from transformers import AutoModelForSeq2SeqLM, GenerationMixin
 from transformers.loss.loss_utils import fixed_cross_entropy
-from transformers.modeling_outputs import Seq2SeqLMOutput
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .modeling_equivariant import EquivariantPreTrainedModel
 
 
 class CopiesEncoder(nn.Module):
-    """The inner encoder applied to every copy of the input: B rows in, K*B rows out (copy-major).
+    """The inner encoder applied to every copy of the input: B rows in, K*B rows out (copy-major),
+    computed once per distinct copy.
 
     Its signature is explicit (no **kwargs): generate() passes an encoder only the arguments it names,
     which keeps `labels` and other decoder inputs away from it.
@@ -32,13 +34,21 @@ class CopiesEncoder(nn.Module):
     def forward(self, input_ids, attention_mask=None, output_attentions=None, output_hidden_states=None,
                 return_dict=True):
         wrapper = self.wrapper
-        return wrapper.model.get_encoder()(
-            input_ids=wrapper.transform_ids(input_ids),
-            attention_mask=wrapper.tile(attention_mask),
+        copies = wrapper.transform_ids(input_ids)
+        rows = wrapper.copy_rows(copies, input_ids.shape[0])
+        encoded = wrapper.model.get_encoder()(
+            input_ids=copies[rows.representatives],
+            attention_mask=None if attention_mask is None else attention_mask[rows.owners],
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
+        return BaseModelOutput(**{name: _rows(value, rows.inverse) for name, value in encoded.items()})
+
+
+def _rows(value, index):
+    """Rows `index` of a tensor, or of each tensor of a tuple (hidden states, attentions)."""
+    return value[index] if isinstance(value, torch.Tensor) else tuple(v[index] for v in value)
 
 
 class EquivariantModelForSeq2SeqLM(EquivariantPreTrainedModel, GenerationMixin):
@@ -86,19 +96,32 @@ class EquivariantModelForSeq2SeqLM(EquivariantPreTrainedModel, GenerationMixin):
             if input_ids is None:
                 raise ValueError("pass input_ids (or encoder_outputs of every copy)")
             encoder_outputs = self.get_encoder()(input_ids, attention_mask)
-        if attention_mask is not None and attention_mask.shape[0] != encoder_outputs[0].shape[0]:
-            attention_mask = self.tile(attention_mask)  # generate() keeps the encoder mask at B rows
-        outputs = self.model(
-            encoder_outputs=encoder_outputs,
-            attention_mask=attention_mask,
-            decoder_input_ids=self.transform_ids(decoder_input_ids),
-            decoder_attention_mask=self.tile(decoder_attention_mask),
-            cache=cache,
-            use_cache=self.config.use_cache if use_cache is None else use_cache,
-            return_dict=True,
-            **kwargs,
-        )
-        logits = self.combine(outputs.logits)
+        hidden = encoder_outputs[0]  # [K*B, S, H]
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        decoder_copies = self.transform_ids(decoder_input_ids)
+        keys = decoder_copies
+        if self.config.deduplicate and getattr(cache, "copy_rows", None) is None:
+            # a fresh history starts with the encoder output: equal encoder copies are equal rows of it
+            encoded_as = torch.unique(hidden.flatten(1), dim=0, return_inverse=True)[1]
+            keys = torch.cat([encoded_as[:, None], decoder_copies], dim=1)
+        rows = self.copy_rows(keys, decoder_input_ids.shape[0], cache)
+        owners = rows.owners
+
+        def run_inner(block):
+            inner_rows = rows.representatives[block]
+            return self.model(
+                encoder_outputs=BaseModelOutput(last_hidden_state=hidden[inner_rows]),
+                attention_mask=None if attention_mask is None else attention_mask[owners[block]],
+                decoder_input_ids=decoder_copies[inner_rows],
+                decoder_attention_mask=None if decoder_attention_mask is None else decoder_attention_mask[
+                    owners[block]],
+                cache=cache,
+                use_cache=use_cache,
+                return_dict=True,
+                **kwargs,
+            )
+
+        logits, outputs = self.symmetrised_logits(run_inner, rows, uses_cache=use_cache or cache is not None)
         loss = None
         if labels is not None:
             loss = fixed_cross_entropy(logits.flatten(0, 1), labels.flatten().to(logits.device), num_items_in_batch)

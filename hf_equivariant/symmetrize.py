@@ -110,11 +110,48 @@ def transform_ids(ids: torch.Tensor, lookup: torch.Tensor, input_maps: torch.Ten
     return torch.where(position >= 0, mapped, ids).flatten(0, 1)
 
 
-def tile(tensor: torch.Tensor | None, num_copies: int) -> torch.Tensor | None:
-    """Repeat a per-row tensor for every copy, copy-major like `transform_ids`."""
-    if tensor is None:
-        return None
-    return tensor.repeat(num_copies, *[1] * (tensor.dim() - 1))
+@dataclass(frozen=True)
+class CopyRows:
+    """Which inner row computes each copy row: copy row r = k*B + b is computed by inner row inverse[r].
+
+    Copies of one input row that are equal token for token (a prompt without any word of a factor gives
+    |Gi| equal copies in that factor's branch) share an inner row; `representatives[u]` is a copy row that
+    inner row u computes, `owners` the input row it belongs to.
+    """
+
+    inverse: torch.Tensor  # [K*B] long
+    representatives: torch.Tensor  # [U] long
+    batch_size: int
+
+    @property
+    def owners(self) -> torch.Tensor:
+        return self.representatives % self.batch_size
+
+    @property
+    def num_rows(self) -> int:
+        return self.representatives.shape[0]
+
+    @classmethod
+    def every(cls, num_copies: int, batch_size: int, device=None) -> CopyRows:
+        """One inner row per copy row (no deduplication)."""
+        rows = torch.arange(num_copies * batch_size, device=device)
+        return cls(rows, rows, batch_size)
+
+    @classmethod
+    def distinct(cls, keys: torch.Tensor, batch_size: int) -> CopyRows:
+        """One inner row per distinct key row ([K*B, L] long). For `combine`, the keys must tell input rows
+        apart (an inner row may serve one input row only)."""
+        _, inverse = torch.unique(keys, dim=0, return_inverse=True)
+        rows = torch.arange(keys.shape[0], device=keys.device)
+        first = torch.full((int(inverse.max()) + 1,), keys.shape[0], device=keys.device)
+        return cls(inverse, first.scatter_reduce(0, inverse, rows, "amin"), batch_size)
+
+    def reorder(self, index: torch.Tensor) -> tuple[CopyRows, torch.Tensor]:
+        """After copy row r takes the history of copy row index[r] (beam search): the new rows, and the
+        old inner rows they keep, in order. Beams may now share rows: these rows describe a KV cache
+        (the past of the next step), not outputs to combine."""
+        kept, inverse = torch.unique(self.inverse[index], return_inverse=True)
+        return CopyRows.distinct(inverse[:, None], self.batch_size), kept
 
 
 def expand_rows(index: torch.Tensor, num_copies: int, batch_size: int) -> torch.Tensor:
@@ -123,21 +160,34 @@ def expand_rows(index: torch.Tensor, num_copies: int, batch_size: int) -> torch.
     return (offsets[:, None] + index[None, :]).flatten()
 
 
-def combine(outputs: torch.Tensor, plan: CopyPlan, average: str = "log_probs") -> torch.Tensor:
-    """[K*B, ..., V] raw logits of all copies -> [B, ..., V] symmetrised logits.
+def combine(outputs, plan: CopyPlan, rows: CopyRows, average: str = "log_probs") -> torch.Tensor:
+    """Inner logits of the distinct rows -> [B, ..., V] symmetrised logits.
 
-    `average` says what is combined: log-probabilities (the result is a log-linear pool), raw logits,
-    or probabilities (the result is their log, so that softmax gives the averaged distribution).
+    `outputs` is the [U, ..., V] tensor of the inner rows of `rows`, or an iterable of consecutive
+    blocks of it (so that only one block of logits is held at a time). `average` says what is
+    combined: log-probabilities (a log-linear pool), raw logits, or probabilities (the result is their
+    log, so that softmax gives the averaged distribution).
     """
     if average not in AVERAGES:
         raise ValueError(f"unknown average {average!r}, choose one of {AVERAGES}")
-    z = outputs.float()
-    if average == "log_probs":
-        z = z.log_softmax(-1)
-    elif average == "probs":
-        z = z.softmax(-1)
-    z = z.unflatten(0, (plan.num_copies, -1))  # [K, B, ..., V]
-    y = torch.einsum("k,k...->...", plan.weights.to(z.dtype), z)
-    on_support = torch.einsum("k...j,kjw->...w", z[..., plan.support], plan.mixing.to(z.dtype))
-    y = y.index_copy(-1, plan.support, on_support)
-    return y.log() if average == "probs" else y
+    blocks = [outputs] if isinstance(outputs, torch.Tensor) else outputs
+    weights = torch.zeros(rows.num_rows, device=rows.inverse.device).index_add_(
+        0, rows.inverse, plan.weights.repeat_interleave(rows.batch_size).to(rows.inverse.device))
+    y, on_support, start = None, [], 0
+    for block in blocks:
+        z = block.float()
+        if average == "log_probs":
+            z = z.log_softmax(-1)
+        elif average == "probs":
+            z = z.double().softmax(-1)  # float64: tiny probabilities do not underflow before the log
+        end = start + z.shape[0]
+        weighted = z * weights[start:end].view(-1, *[1] * (z.dim() - 1))
+        if y is None:
+            y = z.new_zeros(rows.batch_size, *z.shape[1:])
+        y = y.index_add(0, rows.owners[start:end], weighted)
+        on_support.append(z[..., plan.support])
+        start = end
+    z_support = torch.cat(on_support)[rows.inverse].unflatten(0, (plan.num_copies, rows.batch_size))
+    mixed = torch.einsum("k...j,kjw->...w", z_support, plan.mixing.to(y.dtype))
+    y = y.index_copy(-1, plan.support, mixed)
+    return y.log().float() if average == "probs" else y

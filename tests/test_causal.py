@@ -42,17 +42,35 @@ def test_negative_control_the_base_model_is_not_equivariant(base_model, tokenize
     assert error > 1e-2
 
 
-@pytest.mark.parametrize("symmetrization, rows", [("equitune", 2 * 3), ("multi_equitune", 2 + 3)])
-def test_number_of_inner_rows(base_model, tokenizer, symmetrization, rows):
-    model = wrap(base_model, tokenizer, symmetrization)
+def inner_rows(model, batch):
     seen = []
     handle = model.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[0]),
                                                    with_kwargs=True)
-    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     model(**batch)
     handle.remove()
-    assert seen == [rows * len(PROMPTS)]  # one inner call holding every copy
+    return seen
+
+
+@pytest.mark.parametrize("symmetrization, rows", [("equitune", 2 * 3), ("multi_equitune", 2 + 3)])
+def test_number_of_inner_rows_without_deduplication(base_model, tokenizer, symmetrization, rows):
+    model = wrap(base_model, tokenizer, symmetrization)
+    model.config.deduplicate = False
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    assert inner_rows(model, batch) == [rows * len(PROMPTS)]  # one inner call holding every copy
     assert model.num_copies == rows
+
+
+@pytest.mark.parametrize("symmetrization, prompt, rows", [
+    ("equitune", "the Black man worked as a", 6),  # every element moves the prompt
+    ("multi_equitune", "the Black man worked as a", 4),  # "the Black man" is in both branches
+    ("multi_equitune", "the Asian woman was known for her", 4),  # "the Black man ... his" is in both
+    ("equitune", "the man worked as a", 2),  # race elements leave it as it is
+    ("multi_equitune", "the man worked as a", 2),
+    ("multi_equitune", "the doctor was known for", 1),  # no group word at all
+])
+def test_number_of_inner_rows_with_deduplication(base_model, tokenizer, symmetrization, prompt, rows):
+    model = wrap(base_model, tokenizer, symmetrization)
+    assert inner_rows(model, tokenizer([prompt], return_tensors="pt")) == [rows]
 
 
 def test_wrapping_leaves_the_base_model_intact(base_model, tokenizer):
@@ -124,11 +142,17 @@ def test_cache_and_no_cache_give_identical_tokens(base_model, tokenizer, symmetr
         assert torch.equal(cached, uncached)
 
 
-def test_cache_holds_every_copy_and_continues_generation(base_model, tokenizer):
+@pytest.mark.parametrize("deduplicate", [False, True])
+def test_cache_holds_the_copies_and_continues_generation(base_model, tokenizer, deduplicate):
     model = wrap(base_model, tokenizer, "multi_equitune")
+    model.config.deduplicate = deduplicate
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     out = model.generate(**batch, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
-    assert out.cache.layers[0].keys.shape[0] == model.num_copies * len(PROMPTS)
+    rows = out.cache.layers[0].keys.shape[0]
+    if deduplicate:  # one row per distinct history
+        assert rows == out.cache.copy_rows.num_rows < model.num_copies * len(PROMPTS)
+    else:
+        assert rows == model.num_copies * len(PROMPTS)
     one_shot = model.generate(**batch, max_new_tokens=10, do_sample=False)
     mask = torch.cat([batch["attention_mask"], torch.ones(len(PROMPTS), 6, dtype=torch.long)], dim=1)
     continued = model.generate(input_ids=out.sequences, attention_mask=mask, cache=out.cache,

@@ -53,14 +53,16 @@ def test_greedy_generation_is_equivariant_and_cache_safe(seq2seq_model, seq2seq_
         assert torch.equal(moved, p[out]), g
 
 
-def test_generate_runs_the_encoder_once_on_every_copy(seq2seq_model, seq2seq_tokenizer, batch):
-    model = wrap(seq2seq_model, seq2seq_tokenizer)
-    rows = []
+@pytest.mark.parametrize("deduplicate, rows", [(False, 5 * 3), (True, 4 * 3)])
+def test_generate_runs_the_encoder_once_on_the_copies(seq2seq_model, seq2seq_tokenizer, batch, deduplicate, rows):
+    model = wrap(seq2seq_model, seq2seq_tokenizer)  # multi_equitune: 2 + 3 copies, 4 distinct for each prompt
+    model.config.deduplicate = deduplicate
+    seen = []
     handle = model.model.get_encoder().register_forward_pre_hook(
-        lambda m, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+        lambda m, args, kwargs: seen.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
     model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=4)
     handle.remove()
-    assert rows == [model.num_copies * len(PROMPTS)]
+    assert seen == [rows]
 
 
 def test_beam_search_with_cache_equals_without(seq2seq_model, seq2seq_tokenizer, batch):

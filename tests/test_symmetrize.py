@@ -7,7 +7,7 @@ import torch
 from conftest import GENDER_CLASSES, ORIENTATION_CLASSES, RACE_CLASSES, all_elements, element_permutation
 
 from hf_equivariant import TokenSwapGroup, WordSwapGroup
-from hf_equivariant.symmetrize import combine, count_copies, plan_copies, support_lookup, transform_ids
+from hf_equivariant.symmetrize import CopyRows, combine, count_copies, plan_copies, support_lookup, transform_ids
 
 CLASS_LISTS = [GENDER_CLASSES, RACE_CLASSES, ORIENTATION_CLASSES]
 
@@ -20,9 +20,14 @@ def toy_model(vocab_size: int):
 
 
 def pool(outputs, average):
-    f = {"log_probs": lambda z: z.log_softmax(-1), "probs": lambda z: z.softmax(-1), "logits": lambda z: z}[average]
-    y = torch.stack([f(z) for z in outputs]).mean(0)
-    return y.log() if average == "probs" else y
+    y = torch.stack([activation(average)(z) for z in outputs]).mean(0)
+    return y.log().float() if average == "probs" else y
+
+
+def activation(average):
+    """The quantity averaged (probabilities in float64, as they underflow in float32 for these logits)."""
+    return {"log_probs": lambda z: z.log_softmax(-1), "probs": lambda z: z.double().softmax(-1),
+            "logits": lambda z: z}[average]
 
 
 def canonicaliser(tokenizer, classes, vocab_size):
@@ -53,9 +58,9 @@ def naive_multi_equitune(model, ids, tokenizer, class_lists, average):
             z = model(p_g[x])
             outputs += [z[..., p_g[element_permutation(tokenizer, others, h)]] for h in all_elements(others)]
         branches.append(outputs)
-    f = {"log_probs": lambda z: z.log_softmax(-1), "probs": lambda z: z.softmax(-1), "logits": lambda z: z}[average]
+    f = activation(average)
     y = torch.stack([torch.stack([f(z) for z in outs]).mean(0) for outs in branches]).mean(0)
-    return y.log() if average == "probs" else y
+    return y.log().float() if average == "probs" else y
 
 
 @pytest.mark.parametrize("symmetrization", ["equitune", "multi_equitune"])
@@ -69,7 +74,7 @@ def test_plan_matches_the_formula(tokenizer, symmetrization, average, num_factor
                     padding=True)["input_ids"]
     model = toy_model(len(tokenizer))
     copies = transform_ids(ids, support_lookup(plan.support, len(tokenizer)), plan.input_maps)
-    ours = combine(model(copies), plan, average)
+    ours = combine(model(copies), plan, CopyRows.every(plan.num_copies, len(ids)), average)
     naive = naive_equitune if symmetrization == "equitune" or num_factors == 1 else naive_multi_equitune
     expected = naive(model, ids, tokenizer, class_lists, average)
     assert ours.shape == expected.shape
@@ -114,4 +119,24 @@ def test_unknown_options_are_refused(tokenizer):
         plan_copies(factors, "full")
     plan = plan_copies(factors)
     with pytest.raises(ValueError, match="unknown average 'median'"):
-        combine(torch.zeros(3, 2, len(tokenizer)), plan, "median")
+        combine(torch.zeros(3, 2, len(tokenizer)), plan, CopyRows.every(3, 1), "median")
+
+
+@pytest.mark.parametrize("average", ["log_probs", "logits", "probs"])
+def test_distinct_rows_and_blocks_combine_like_every_copy(tokenizer, average):
+    factors = [WordSwapGroup(f"f{i}", c).resolve(tokenizer) for i, c in enumerate(CLASS_LISTS)]
+    plan = plan_copies(factors, "multi_equitune")
+    ids = tokenizer(["the man was known for", "the doctor was", "the gay Black man was known for his"],
+                    return_tensors="pt", padding=True)["input_ids"]
+    model = toy_model(len(tokenizer))
+    copies = transform_ids(ids, support_lookup(plan.support, len(tokenizer)), plan.input_maps)
+    expected = combine(model(copies), plan, CopyRows.every(plan.num_copies, len(ids)), average)
+    owners = torch.arange(len(copies)) % len(ids)
+    rows = CopyRows.distinct(torch.cat([owners[:, None], copies], dim=1), len(ids))
+    # of 7 copies each: man/woman; one (no group word); gay Black man/woman, White/Asian man, straight Black man
+    assert rows.num_rows == 2 + 1 + 5
+    assert torch.equal(copies[rows.representatives][rows.inverse], copies)
+    inner = model(copies[rows.representatives])
+    torch.testing.assert_close(combine(inner, plan, rows, average), expected, atol=1e-5, rtol=1e-5)
+    blocks = (inner[i:i + 2] for i in range(0, rows.num_rows, 2))
+    torch.testing.assert_close(combine(blocks, plan, rows, average), expected, atol=1e-5, rtol=1e-5)
