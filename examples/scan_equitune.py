@@ -23,9 +23,10 @@ from pathlib import Path
 from hf_equivariant.scan_experiment import ScanExperiment, results_table, run
 
 EXPERIMENTS = {
-    "addprim_jump": ScanExperiment(split="addprim_jump", groups=("scan_verbs",), pretrain_epochs=6),
+    "addprim_jump": ScanExperiment(split="addprim_jump", groups=("scan_verbs",), pretrain_epochs=6,
+                                   finetune_epochs=0.5),
     "template_around_right": ScanExperiment(
-        split="template_around_right", groups=("scan_directions",), pretrain_epochs=6
+        split="template_around_right", groups=("scan_directions",), pretrain_epochs=6, finetune_epochs=0.5
     ),
     "scan_ii": ScanExperiment(
         split="scan_ii", groups=("scan_ii_verbs", "scan_directions", "scan_ii_up_down"), pretrain_epochs=2.5,
@@ -41,10 +42,11 @@ def time_ratio(rows: list[dict], key: str) -> float:
     return mean("equitune fine-tuned") / mean("multi_equitune fine-tuned")
 
 
-def section(name: str, config: ScanExperiment, rows: list[dict], seconds: float) -> str:
+def section(name: str, config: ScanExperiment, rows: list[dict], seconds: float, command: str) -> str:
     fields = ", ".join(f"{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config)
                        if f.name not in ("progress",))
-    lines = [f"## {name}", "", f"Configuration: {fields}.", "", results_table(rows), ""]
+    lines = [f"## {name}", "", f"Reproduce: `{command}`", "", f"Configuration: {fields}.", "",
+             results_table(rows), ""]
     if config.split == "scan_ii":
         lines += [
             f"Measured time ratio equitune / multi_equitune (8 vs 6 inner passes): fine-tuning "
@@ -61,24 +63,34 @@ def main() -> None:
     parser.add_argument("--out", default="docs/results/scan.md")
     args = parser.parse_args()
 
-    sections = []
+    command = shlex.join(["python", "examples/scan_equitune.py", *sys.argv[1:]])
+    out = Path(args.out)
     for name in args.experiments.split(","):
         config = dataclasses.replace(EXPERIMENTS[name], seeds=tuple(int(s) for s in args.seeds.split(",")))
         start = time.perf_counter()
-        rows = run(config)
-        sections.append(section(name, config, rows, time.perf_counter() - start))
-        print(sections[-1], flush=True)
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+        text = section(name, config, run(config), time.perf_counter() - start, command)
+        print(text, flush=True)
+        write_section(out, name, text)
+
+
+def write_section(path: Path, name: str, text: str) -> None:
+    """Put the section of experiment `name` into the results file, replacing an earlier one."""
+    sections = {}
+    if path.exists():
+        for chunk in path.read_text().split("\n## ")[1:]:
+            sections[chunk.split("\n", 1)[0]] = "## " + chunk.rstrip() + "\n"
+    sections[name] = text
     header = [
         "# SCAN results", "",
         "Exact-match sequence accuracy of greedy generation (mean ± std over seeds) of a small BART (3+3 layers,",
         "d_model 128) pretrained from scratch on each training set, then wrapped (zero-shot) and fine-tuned through",
-        "the wrapper. \"inner passes\" is the number of inner forward rows per example; times are seconds per seed",
-        "on this machine's CPU (2 cores). Where a test set is sampled, `max_eval_examples` says how many examples.", "",
-        f"Reproduce: `{command}`", "",
+        "the wrapper. \"inner passes\" is the number of inner forward rows per example (before deduplication);",
+        "times are seconds per seed on a 2-core CPU, one thread per experiment (experiments ran two at a time).",
+        "Where a test set is sampled, `max_eval_examples` says how many examples of each.", "",
     ]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(header + sections))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ordered = [sections[n] for n in EXPERIMENTS if n in sections]
+    path.write_text("\n".join(header) + "\n" + "\n".join(ordered))
 
 
 if __name__ == "__main__":

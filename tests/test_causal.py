@@ -207,3 +207,11 @@ def test_wrapping_twice_is_refused(base_model, tokenizer):
     model = wrap(base_model, tokenizer, "equitune")
     with pytest.raises(ValueError, match="already equivariant"):
         EquivariantModelForCausalLM.from_base_model(model, [WordSwapGroup("race", RACE_CLASSES)], tokenizer)
+
+
+def test_static_cache_gives_the_same_tokens(base_model, tokenizer):
+    model = wrap(base_model, tokenizer, "multi_equitune")  # deduplication steps aside for compileable caches
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    dynamic = model.generate(**batch, max_new_tokens=6, do_sample=False)
+    assert torch.equal(model.generate(**batch, max_new_tokens=6, do_sample=False, cache_implementation="static"),
+                       dynamic)
