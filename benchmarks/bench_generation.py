@@ -6,8 +6,10 @@ Times, with exactly --new-tokens greedy tokens each:
   plain           the base model on the prompt
   floor K         the base model on all K transformed prompts of a method as one batch (what an exact
                   K-copy method cannot beat)
-  multi_equitune  the wrapper, sum |Gi| copies, one batch, one KV cache
-  equitune        the wrapper, prod |Gi| copies
+  floor distinct  the base model on the distinct copies of multi_equitune only (the floor with dedup)
+  multi_equitune  the wrapper, sum |Gi| copies, one batch, one KV cache (deduplication off)
+  multi_equitune+dedup  the same with equal copies sharing rows (the default)
+  equitune        the wrapper, prod |Gi| copies (deduplication off)
   naive           the earlier research algorithm: no KV cache, a Python loop over the prod |Gi| group
                   elements, the whole context recomputed for every new token
 Each method runs --rounds times, interleaved with the others; the median is reported.
@@ -58,7 +60,10 @@ def main() -> None:
     groups = cli.parse_groups(args.groups)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the presets' notes on skipped word forms
-        models = {s: make_equivariant(base, groups, tokenizer, symmetrization=s) for s in ("multi_equitune", "equitune")}
+        models = {name: make_equivariant(base, groups, tokenizer, symmetrization=name.split("+")[0])
+                  for name in ("multi_equitune", "multi_equitune+dedup", "equitune")}
+    for name in ("multi_equitune", "equitune"):
+        models[name].config.deduplicate = False
     ids = tokenizer(args.prompt, return_tensors="pt")["input_ids"]
     options = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
                    pad_token_id=tokenizer.pad_token_id)
@@ -66,13 +71,16 @@ def main() -> None:
     def generate(model, input_ids):
         return lambda: model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **options)
 
-    k_multi, k_full = models["multi_equitune"].num_copies, models["equitune"].num_copies
+    multi = models["multi_equitune+dedup"]
+    copies = multi.transform_ids(ids)
+    distinct = copies[multi.copy_rows(copies, 1).representatives]
+    k_multi, k_full, k_distinct = models["multi_equitune"].num_copies, models["equitune"].num_copies, len(distinct)
     methods = {
         "plain": generate(base, ids),
-        f"floor K={k_multi}": generate(base, models["multi_equitune"].transform_ids(ids)),
+        f"floor K={k_multi}": generate(base, copies),
         f"floor K={k_full}": generate(base, models["equitune"].transform_ids(ids)),
-        "multi_equitune": generate(models["multi_equitune"], ids),
-        "equitune": generate(models["equitune"], ids),
+        f"floor distinct={k_distinct}": generate(base, distinct),
+        **{name: generate(model, ids) for name, model in models.items()},
     }
     times = {name: [] for name in [*methods, "naive"]}
     outputs = {}
@@ -86,26 +94,34 @@ def main() -> None:
                     times[name].append(time.perf_counter() - start)
             if round_ < args.naive_rounds:
                 start = time.perf_counter()
-                outputs["naive"] = naive_equitune_generate(base, models["equitune"].config.factors, ids, args.new_tokens)
+                factors = models["equitune"].config.factors
+                outputs["naive"] = naive_equitune_generate(base, factors, ids, args.new_tokens)
                 times["naive"].append(time.perf_counter() - start)
     median = {name: statistics.median(t) for name, t in times.items()}
 
-    print(f"\nprompt {args.prompt!r}, groups {args.groups} (prod {k_full}, sum {k_multi}), "
+    print(f"\nprompt {args.prompt!r}, groups {args.groups} (prod {k_full}, sum {k_multi}, distinct {k_distinct}), "
           f"{args.new_tokens} new tokens, median of {args.rounds} rounds ({args.naive_rounds} for naive), "
           f"{torch.get_num_threads()} CPU threads\n")
     print("| method | seconds | x plain |")
     print("| --- | ---: | ---: |")
     for name, seconds in median.items():
         print(f"| {name} | {seconds:.2f} | {seconds / median['plain']:.2f} |")
+    ratios = [
+        ("multi_equitune", f"floor K={k_multi}", "target <= 1.3"),
+        ("equitune", f"floor K={k_full}", ""),
+        ("multi_equitune+dedup", f"floor distinct={k_distinct}", ""),
+        ("multi_equitune+dedup", "multi_equitune", ""),
+        ("naive", "multi_equitune", "target >= 10"),
+        ("naive", "multi_equitune+dedup", ""),
+        ("naive", "equitune", ""),
+        ("equitune", "multi_equitune", ""),
+    ]
     print()
-    print(f"multi_equitune / floor K={k_multi}: {median['multi_equitune'] / median[f'floor K={k_multi}']:.2f}  (target <= 1.3)")
-    print(f"equitune / floor K={k_full}: {median['equitune'] / median[f'floor K={k_full}']:.2f}")
-    print(f"naive / multi_equitune: {median['naive'] / median['multi_equitune']:.1f}x  (target >= 10)")
-    print(f"naive / equitune: {median['naive'] / median['equitune']:.1f}x")
-    print(f"equitune / multi_equitune: {median['equitune'] / median['multi_equitune']:.2f}")
-    same = torch.equal(outputs["naive"], outputs["equitune"])
+    for a, b, note in ratios:
+        print(f"{a} / {b}: {median[a] / median[b]:.2f}" + (f"  ({note})" if note else ""))
+    same = all(torch.equal(outputs["naive"], outputs[name]) for name in ("equitune",))
     print(f"naive and equitune generate the same tokens: {same}")
-    print(tokenizer.decode(outputs["multi_equitune"][0]))
+    print(tokenizer.decode(outputs["multi_equitune+dedup"][0]))
 
 
 if __name__ == "__main__":

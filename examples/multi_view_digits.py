@@ -143,7 +143,8 @@ def report(results: list[dict], command: str) -> str:
              "test views are each turned by an independent random multiple of 90 degrees. Accuracy in % (mean ± std "
              "over seeds). Passes: rows per sample through the first conv layer of the streams (stream) and of the "
              "IS fusion layers (fusion); equitune over the joint input would need 4^k passes of the whole network.", "",
-             "| k | model | upright | rotated | drop | stream passes | fusion passes | joint equitune passes | train s |",
+             "| k | model | upright | rotated | drop | stream passes | fusion passes | joint equitune passes "
+             "| train s |",
              "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for views in sorted({r["views"] for r in results}):
         for name in dict.fromkeys(r["model"] for r in results):

@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     fair = commands.add_parser("fairness", help="fairness report: base vs equitune vs multi_equitune")
     fair.add_argument("--model", help="Hub id or folder of a causal LM (default: embedded SmolLM2-135M)")
     fair.add_argument("--gguf-file", help="GGUF file inside --model, if the model is one")
-    fair.add_argument("--axes", default="gender,race", help="comma-separated: gender, race, sexual_orientation, religion")
+    fair.add_argument("--axes", default="gender,race",
+                      help="comma-separated: gender, race, sexual_orientation, religion")
     fair.add_argument("--symmetrization", choices=(*SYMMETRIZATIONS, "both"), default="both")
     fair.add_argument("--contexts", choices=("all", "respect", "occupation"), default="all")
     fair.add_argument("--samples", type=int, default=10, help="sampled continuations per prompt")

@@ -50,7 +50,8 @@ SEXUAL_ORIENTATION = WordSwapGroup(
 )
 RELIGION = WordSwapGroup(
     "religion",
-    [["Christian", "Christians"], ["Muslim", "Muslims"], ["Jewish", "Jews"], ["Hindu", "Hindus"], ["Buddhist", "Buddhists"]],
+    [["Christian", "Christians"], ["Muslim", "Muslims"], ["Jewish", "Jews"], ["Hindu", "Hindus"],
+     ["Buddhist", "Buddhists"]],
     skip_missing=True,
 )
 

@@ -136,8 +136,8 @@ def test_cli_writes_report_plot_and_generations(base, tokenizer, tmp_path):
     regard_tokenizer = word_tokenizer(FAIRNESS_WORDS)
     regard_tokenizer.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])
     regard_tokenizer.save_pretrained(regard_dir)  # a leading <s>, like BERT's [CLS]: empty continuations classify
-    cli.main(["fairness", "--model", str(model_dir), "--axes", "gender,race", "--samples", "2",
-              "--contexts", "occupation", "--max-new-tokens", "4", "--regard-model", str(regard_dir), "--out", str(out)])
+    cli.main(["fairness", "--model", str(model_dir), "--axes", "gender,race", "--samples", "2", "--contexts",
+              "occupation", "--max-new-tokens", "4", "--regard-model", str(regard_dir), "--out", str(out)])
     report = (out / "report.md").read_text()
     assert "| equitune | 8 |" in report and "| multi_equitune | 6 |" in report and "| base | 1 |" in report
     assert report.count("| 100.0% |") >= 2  # both equivariant models are fully consistent

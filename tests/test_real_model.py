@@ -39,7 +39,8 @@ def elements(smollm):
     base, tokenizer = smollm
     groups = [presets.GENDER, presets.RACE]
     vocab_size = base.config.vocab_size
-    return [oracle_permutation(tokenizer, groups, shifts, vocab_size) for shifts in itertools.product(range(2), range(4))]
+    shifts = itertools.product(range(2), range(4))
+    return [oracle_permutation(tokenizer, groups, element, vocab_size) for element in shifts]
 
 
 def test_presets_resolve_on_a_real_bpe_tokenizer(smollm):

@@ -15,7 +15,8 @@ from hf_equivariant.scan_experiment import exact_match
 SCAN_II_CLASSES = [group.classes for group in presets.SCAN_II]
 # Each command holds a word of every factor: a command fixed by some element (say, no up/down word) gets
 # exactly tied scores for the words that element swaps, and greedy decoding breaks such ties by token id.
-COMMANDS = ["jump around left twice after walk up", "run opposite up after walk right", "look down thrice and jump left"]
+COMMANDS = ["jump around left twice after walk up", "run opposite up after walk right",
+            "look down thrice and jump left"]
 
 
 @pytest.fixture(scope="module")
