@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 from hf_equivariant.scan_experiment import ScanExperiment, results_table, run
 
@@ -30,7 +33,7 @@ EXPERIMENTS = {
     ),
     "scan_ii": ScanExperiment(
         split="scan_ii", groups=("scan_ii_verbs", "scan_directions", "scan_ii_up_down"), pretrain_epochs=2.5,
-        finetune_epochs=0.25, max_eval_examples=1000,
+        finetune_epochs=0.75, max_eval_examples=1000,
     ),
 }
 
@@ -42,14 +45,23 @@ def time_ratio(rows: list[dict], key: str) -> float:
     return mean("equitune fine-tuned") / mean("multi_equitune fine-tuned")
 
 
-def section(name: str, config: ScanExperiment, rows: list[dict], seconds: float, command: str) -> str:
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    threads = torch.get_num_threads()
+    return f"CPU, {threads} thread" + ("s" if threads > 1 else "")
+
+
+def section(name: str, config: ScanExperiment, rows: list[dict], seconds: float, command: str, device: str) -> str:
     fields = ", ".join(f"{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config)
                        if f.name not in ("progress",))
-    lines = [f"## {name}", "", f"Reproduce: `{command}`", "", f"Configuration: {fields}.", "",
+    lines = [f"## {name}", "", f"Reproduce: `{command}`", "", f"Configuration: {fields}. Device: {device}.", "",
              results_table(rows), ""]
     if config.split == "scan_ii":
+        passes = {r["stage"]: r["passes"] for r in rows}
         lines += [
-            f"Measured time ratio equitune / multi_equitune (8 vs 6 inner passes): fine-tuning "
+            f"Measured time ratio equitune / multi_equitune ({passes['equitune fine-tuned']} vs "
+            f"{passes['multi_equitune fine-tuned']} inner passes): fine-tuning "
             f"{time_ratio(rows, 'train_seconds'):.2f}x, evaluation {time_ratio(rows, 'eval_seconds'):.2f}x.", "",
         ]
     lines += [f"Wall time of the experiment: {seconds / 60:.0f} min.", ""]
@@ -61,16 +73,22 @@ def main() -> None:
     parser.add_argument("--experiments", default=",".join(EXPERIMENTS))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", default="docs/results/scan.md")
+    parser.add_argument("--rows-json", help="also write every result row (per seed and stage) as JSON here")
     args = parser.parse_args()
 
     command = shlex.join(["python", "examples/scan_equitune.py", *sys.argv[1:]])
     out = Path(args.out)
+    all_rows = {}
     for name in args.experiments.split(","):
         config = dataclasses.replace(EXPERIMENTS[name], seeds=tuple(int(s) for s in args.seeds.split(",")))
         start = time.perf_counter()
-        text = section(name, config, run(config), time.perf_counter() - start, command)
+        rows = run(config)
+        text = section(name, config, rows, time.perf_counter() - start, command, device_name())
         print(text, flush=True)
         write_section(out, name, text)
+        if args.rows_json:
+            all_rows[name] = rows
+            Path(args.rows_json).write_text(json.dumps(all_rows, indent=1))
 
 
 def write_section(path: Path, name: str, text: str) -> None:
@@ -85,7 +103,8 @@ def write_section(path: Path, name: str, text: str) -> None:
         "Exact-match sequence accuracy of greedy generation (mean ± std over seeds) of a small BART (3+3 layers,",
         "d_model 128) pretrained from scratch on each training set, then wrapped (zero-shot) and fine-tuned through",
         "the wrapper. \"inner passes\" is the number of inner forward rows per example (before deduplication);",
-        "times are seconds per seed on a 2-core CPU, one thread per experiment (experiments ran two at a time).",
+        "times are seconds per seed on the device each section names (CPU: one thread per experiment, two",
+        "experiments at a time on a 2-core machine).",
         "Where a test set is sampled, `max_eval_examples` says how many examples of each.", "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)

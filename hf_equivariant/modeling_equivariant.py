@@ -57,8 +57,9 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         config.text_config._attn_implementation = model.config._attn_implementation
         model.config = config.text_config
         self.model = model
+        device = model.get_input_embeddings().weight.device  # where input ids go (a GPU model's plan goes there too)
         for name, tensor in self._plan_tensors().items():
-            self.register_buffer(name, tensor, persistent=False)
+            self.register_buffer(name, tensor.to(device), persistent=False)
         self.post_init()
 
     def _plan_tensors(self) -> dict[str, torch.Tensor]:

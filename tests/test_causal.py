@@ -215,3 +215,27 @@ def test_static_cache_gives_the_same_tokens(base_model, tokenizer):
     dynamic = model.generate(**batch, max_new_tokens=6, do_sample=False)
     assert torch.equal(model.generate(**batch, max_new_tokens=6, do_sample=False, cache_implementation="static"),
                        dynamic)
+
+
+def test_compiled_static_cache_generation_gives_the_same_tokens(tokenizer):
+    """generate() compiles the decoding step with a static cache (on GPUs by default; forced here on CPU)."""
+    from transformers import CompileConfig
+
+    model = wrap(tiny_llama(len(tokenizer)), tokenizer, "multi_equitune")
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    dynamic = model.generate(**batch, max_new_tokens=4, do_sample=False)
+    compile_config = CompileConfig(mode="default", dynamic=False)
+    compile_config._compile_all_devices = True
+    torch._dynamo.reset()
+    compiled = model.generate(**batch, max_new_tokens=4, do_sample=False, cache_implementation="static",
+                              compile_config=compile_config)
+    assert torch.equal(compiled, dynamic)
+    assert hasattr(model, "_compiled_call")  # generate() took the compiled path for the decoding steps
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+
+
+def test_plan_follows_the_inner_model_device(tokenizer):
+    """The copy plan lives where the inner model's input ids go (a model on a GPU gets its plan there)."""
+    base = tiny_llama(len(tokenizer)).to("meta")
+    model = wrap(base, tokenizer, "multi_equitune")
+    assert {buffer.device.type for buffer in model.buffers()} == {"meta"}
