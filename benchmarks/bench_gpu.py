@@ -232,7 +232,8 @@ def main() -> None:
         if not rows:
             continue
         reference = next(row for method, row in rows.items() if method.startswith("plain"))["seconds"]
-        print(f"\n{name} on {report['device']}\n\n| method | s | tokens/s | x plain | peak GiB |\n| --- | ---: | ---: | ---: | ---: |")
+        print(f"\n{name} on {report['device']}\n")
+        print("| method | s | tokens/s | x plain | peak GiB |\n| --- | ---: | ---: | ---: | ---: |")
         for method, row in rows.items():
             print(f"| {method} | {row['seconds']:.3f} | {row['tokens_per_s']:.0f} | {row['seconds'] / reference:.2f} "
                   f"| {row['peak_gib']:.2f} |")

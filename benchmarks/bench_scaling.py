@@ -1,14 +1,14 @@
 """How the wrappers scale with the number and size of factors, what deduplication saves, and memory.
 
-    python benchmarks/bench_scaling.py [--rounds 3] [--out docs/results]
+    python benchmarks/bench_scaling.py [--rounds 3] [--parts scaling,demographic,memory] [--out docs/results]
 
 On the embedded model (SmolLM2-135M), all in one run, as ratios to the plain model:
   1. forward (one 16-token prompt) and generation (16 new tokens) for N = 1..4 factors of size n = 2..4
      (synthetic factors over colour / animal / number / direction words; the prompt holds one word of
      each factor): equitune, multi_equitune, multi_equitune + dedup (generation up to 64 copies);
   2. a prompt without any group word, and the demographic prompts of the fairness evaluation under
-     gender x race x sexual orientation: generation with and without dedup, and plain generation of
-     the distinct rows as one batch (the floor for dedup);
+     gender x race x sexual orientation: generation with and without dedup, plain generation of the
+     distinct rows as one batch (the floor for dedup), and a forward pass with dedup (seconds);
   3. peak memory (RSS of a fresh process) of a use_cache=False forward as the number of copies grows,
      with and without `max_inner_rows`, on a small random model with SmolLM2's 49k vocabulary.
 Writes performance_scaling.png and prints markdown tables (kept in docs/results/performance.md).
@@ -34,7 +34,7 @@ from hf_equivariant.fairness import AXES, build_prompts
 WORDS = [("red", "blue", "green", "yellow"), ("cat", "dog", "bird", "fish"), ("one", "two", "three", "four"),
          ("north", "south", "east", "west")]
 PROMPT = "The red cat walked one mile north before the young man in the old house said that"
-PLAIN_PROMPT = "The old man walked along the road before the young woman in the big house said that"
+PLAIN_PROMPT = "The old house stood along the road near the big river in the quiet town, and the story goes that"
 
 
 def synthetic_groups(num_factors: int, size: int) -> list[WordSwapGroup]:
@@ -105,6 +105,7 @@ def demographic_generation(base, tokenizer, rounds: int, new_tokens: int) -> lis
         batch = tokenizer(prompts, return_tensors="pt", padding=True)
         row = {"case": case}
         row["plain"] = timed(lambda: base.generate(**batch, **options), rounds)
+        row["forward plain"] = timed(lambda: base(**batch, use_cache=False), rounds)
         for symmetrization in ("multi_equitune", "equitune"):
             model = make_equivariant(base, groups, tokenizer, symmetrization)
             distinct = count_rows(model, lambda: model(**batch, use_cache=False))
@@ -117,6 +118,7 @@ def demographic_generation(base, tokenizer, rounds: int, new_tokens: int) -> lis
             row[f"{symmetrization} floor"] = timed(lambda: base.generate(input_ids=floor_ids, attention_mask=floor_mask,
                                                                          **options), rounds)
             row[f"{symmetrization}+dedup"] = timed(lambda: model.generate(**batch, **options), rounds)
+            row[f"forward {symmetrization}+dedup"] = timed(lambda: model(**batch, use_cache=False), rounds)
             model.config.deduplicate = False
             row[symmetrization] = timed(lambda: model.generate(**batch, **options), rounds)
         results.append(row)
@@ -193,23 +195,26 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--out", default="docs/results")
+    parser.add_argument("--parts", default="scaling,demographic,memory", help="which of the three parts to run")
     args = parser.parse_args()
+    parts = args.parts.split(",")
     warnings.simplefilter("ignore")  # the presets' notes on skipped word forms
     base, tokenizer = cli.load_model_and_tokenizer(None)
-    with torch.no_grad():
-        scale = scaling(base, tokenizer, args.rounds, args.new_tokens)
-        demographic = demographic_generation(base, tokenizer, args.rounds, args.new_tokens)
-    mem = memory()
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    plot(scale, Path(args.out) / "performance_scaling.png")
-    print(f"\n{torch.get_num_threads()} CPU threads, {args.rounds} rounds (median), {args.new_tokens} new tokens\n")
-    methods = ("equitune", "multi_equitune", "multi_equitune+dedup")
-    print(table(scale, ["factors", "size", "prod", "sum", "distinct"] + [f"forward {m}" for m in methods]
-                + [f"generate {m}" for m in methods]))
-    print()
-    print(table(demographic, list(demographic[0])))
-    print()
-    print(table(mem, ["copies", "no cap", "max_inner_rows=4"]))
+    print(f"{torch.get_num_threads()} CPU threads, {args.rounds} rounds (median), {args.new_tokens} new tokens\n")
+    if "scaling" in parts:
+        with torch.no_grad():
+            scale = scaling(base, tokenizer, args.rounds, args.new_tokens)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        plot(scale, Path(args.out) / "performance_scaling.png")
+        methods = ("equitune", "multi_equitune", "multi_equitune+dedup")
+        print(table(scale, ["factors", "size", "prod", "sum", "distinct"] + [f"forward {m}" for m in methods]
+                    + [f"generate {m}" for m in methods]) + "\n")
+    if "demographic" in parts:
+        with torch.no_grad():
+            demographic = demographic_generation(base, tokenizer, args.rounds, args.new_tokens)
+        print(table(demographic, list(demographic[0])) + "\n")
+    if "memory" in parts:
+        print(table(memory(), ["copies", "no cap", "max_inner_rows=4"]))
 
 
 if __name__ == "__main__":
