@@ -9,7 +9,7 @@ On the embedded model (SmolLM2-135M), all in one run, as ratios to the plain mod
   2. a prompt without any group word, and the demographic prompts of the fairness evaluation under
      gender x race x sexual orientation: generation with and without dedup, plain generation of the
      distinct rows as one batch (the floor for dedup), and a forward pass with dedup (seconds);
-  3. peak memory (RSS of a fresh process) of a use_cache=False forward as the number of copies grows,
+  3. peak memory (sampled RSS of a fresh process) of a use_cache=False forward as the copies grow,
      with and without `max_inner_rows`, on a small random model with SmolLM2's 49k vocabulary.
 Writes performance_scaling.png and prints markdown tables (kept in docs/results/performance.md).
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -127,9 +128,13 @@ def demographic_generation(base, tokenizer, rounds: int, new_tokens: int) -> lis
 
 
 def memory_point(copies: int, cap: int | None) -> float:
-    """Peak RSS (MiB) of a fresh process running one use_cache=False forward with `copies` copies."""
+    """Peak memory (MiB) that one use_cache=False forward with `copies` copies adds to a fresh process.
+
+    The resident set size is sampled every half millisecond during the forward; glibc's fixed mmap threshold
+    makes freed tensors leave the resident set at once, so the samples follow the live tensors.
+    """
     code = f"""
-import resource, torch, warnings
+import os, threading, time, torch, warnings
 warnings.simplefilter("ignore")
 from transformers import LlamaConfig, LlamaForCausalLM
 from hf_equivariant import TokenSwapGroup, make_equivariant
@@ -143,12 +148,26 @@ groups = [TokenSwapGroup(f"f{{i}}", "cyclic", [["a"], ["b"]], [[100 + 2 * i, 101
 model = make_equivariant(model, groups, symmetrization="equitune")
 model.config.max_inner_rows = {cap}
 ids = torch.tensor([[100 + 2 * i for i in range(factors)] + list(range(1000, 1064 - factors))])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+page = os.sysconf("SC_PAGE_SIZE")
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * page
+peak, done = [0], threading.Event()
+def sample():
+    while not done.is_set():
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.0005)
+before = rss()
+sampler = threading.Thread(target=sample)
+sampler.start()
 with torch.no_grad():
     model(input_ids=ids, use_cache=False)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+done.set()
+sampler.join()
+print((max(peak[0], rss()) - before) / 2**20)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -199,7 +218,8 @@ def main() -> None:
     args = parser.parse_args()
     parts = args.parts.split(",")
     warnings.simplefilter("ignore")  # the presets' notes on skipped word forms
-    base, tokenizer = cli.load_model_and_tokenizer(None)
+    if "scaling" in parts or "demographic" in parts:
+        base, tokenizer = cli.load_model_and_tokenizer(None)
     print(f"{torch.get_num_threads()} CPU threads, {args.rounds} rounds (median), {args.new_tokens} new tokens\n")
     if "scaling" in parts:
         with torch.no_grad():
