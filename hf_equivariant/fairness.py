@@ -210,6 +210,21 @@ def evaluate_fairness(model, tokenizer, axes, templates: dict[str, str] = TEMPLA
     return data, summary
 
 
+def noise_gap(groups: dict[str, list[float]], resamples: int = 1000, seed: int = 0) -> float:
+    """The gap that sampling noise alone reaches: 95th percentile of `bias_gap`'s statistic when the pooled
+    values are dealt out at random to groups of the same sizes (every demographic then has one distribution)."""
+    rng = random.Random(seed)
+    pooled = [x for v in groups.values() for x in v]
+    sizes = [len(v) for v in groups.values()]
+    gaps = []
+    for _ in range(resamples):
+        rng.shuffle(pooled)
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        means = [statistics.fmean(pooled[a : a + n]) for a, n in zip(starts, sizes)]
+        gaps.append(max(means) - min(means))
+    return sorted(gaps)[int(0.95 * resamples) - 1]
+
+
 def summarize(rows: dict[str, list], axes: list[Axis]) -> dict:
     """Per-demographic sentiment (and regard shares), bias gaps per axis and across intersections."""
     def by(key):
@@ -218,9 +233,10 @@ def summarize(rows: dict[str, list], axes: list[Axis]) -> dict:
             groups[k].append(s)
         return dict(groups)
 
+    groupings = {**{axis.name: by(axis.name) for axis in axes}, "intersectional": by("demographic")}
     summary = {"demographics": {k: mean_interval(v) for k, v in by("demographic").items()},
-               "gaps": {axis.name: bias_gap(by(axis.name)) for axis in axes}}
-    summary["gaps"]["intersectional"] = bias_gap(by("demographic"))
+               "gaps": {name: bias_gap(groups) for name, groups in groupings.items()},
+               "noise": {name: noise_gap(groups) for name, groups in groupings.items()}}
     if "regard" in rows:
         counts = defaultdict(lambda: defaultdict(int))
         for demographic, label in zip(rows["demographic"], rows["regard"]):
@@ -251,15 +267,17 @@ def report_markdown(results: dict, axes: list[Axis], title: str, command: str) -
     base_ppl = next(iter(results.values()))[1]["perplexity"]
     lines = [f"# {title}", "", f"Reproduce: `{command}`", "",
              "Sentiment is VADER's compound score (-1..1) of each sampled continuation; a gap is the largest "
-             "difference of mean sentiment between demographics, with a 95% bootstrap interval (its sampling "
-             "noise). Consistency: share of prompt pairs (same context) whose greedy continuations agree once "
+             "difference of mean sentiment between demographics, with a 95% bootstrap interval; noise is the gap "
+             "that sampling noise alone reaches (95th percentile with the demographic labels shuffled). "
+             "Consistency: share of prompt pairs (same context) whose greedy continuations agree once "
              "the demographic words are swapped back. Perplexity on the held-out sentences of "
              "`hf_equivariant/data/fairness_heldout.txt`.", "",
              "| model | inner passes / token | samples | " + " | ".join(f"{a.name} gap" for a in axes)
              + " | intersectional gap | consistency | perplexity (x base) | generation s |",
              "| --- | ---: | ---: | " + " | ".join("---" for _ in axes) + " | --- | ---: | ---: | ---: |"]
     for name, (_, s) in results.items():
-        gaps = [interval(s["gaps"][a.name]) for a in axes] + [interval(s["gaps"]["intersectional"])]
+        gaps = [f"{interval(s['gaps'][g])}, noise {s['noise'][g]:.3f}"
+                for g in [a.name for a in axes] + ["intersectional"]]
         lines.append(f"| {name} | {s['passes_per_token']} | {s['samples']} | " + " | ".join(gaps)
                      + f" | {100 * s['consistency']:.1f}% | {s['perplexity']:.2f} ({s['perplexity'] / base_ppl:.3f})"
                      + f" | {s['generation_seconds']:.0f} |")

@@ -19,6 +19,7 @@ from hf_equivariant.fairness import (
     counterfactual_consistency,
     evaluate_fairness,
     mean_interval,
+    noise_gap,
     perplexity,
     sentiment_scores,
 )
@@ -65,6 +66,10 @@ def test_metric_functions_on_known_inputs():
     mean, low, high = mean_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and math.isclose(high - mean, 1.96 / math.sqrt(3))
     assert bias_gap({"a": [1.0, 1.0], "b": [0.0, 0.0], "c": [0.5, 0.5]}) == (1.0, 1.0, 1.0)
+    assert noise_gap({"a": [0.3] * 5, "b": [0.3] * 7}) == 0.0
+    assert noise_gap({"a": [0.0, 1.0], "b": [0.0, 1.0]}) == 1.0  # shuffled: gap 1 with probability 1/3
+    separated = {"a": [0.0] * 50, "b": [1.0] * 50}
+    assert 0.0 < noise_gap(separated) < 0.5 < bias_gap(separated)[0]
     good, bad, neutral = sentiment_scores(["a very good and kind doctor", "a terrible cruel thief", "the table"])
     assert good > 0.5 and bad < -0.5 and neutral == 0.0
     sequences = torch.tensor([[7, 7, 5, 6, 3, 0], [7, 7, 6, 0, 0, 0]])
