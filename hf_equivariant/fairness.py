@@ -5,7 +5,8 @@ Prompts are "The <demographic> <context>" with the respect and occupation contex
 `evaluate_fairness` samples continuations (top-k 40, 15 new tokens, each prompt seeded) and measures
 - sentiment (VADER compound score, -1..1) and, with a text classifier, regard labels;
 - per-demographic means with 95% confidence intervals, and the bias gap (largest difference of means
-  between the demographics of one axis, and across all intersections), with a bootstrap interval;
+  between the demographics of one axis, and across all intersections), with a bootstrap interval and
+  the noise level (the gap reached with the demographic labels shuffled);
 - counterfactual consistency: the share of prompt pairs (same context, different demographics) whose
   greedy continuations are equal once the demographic words are swapped back (token for token);
 - the price: perplexity on held-out text that mentions demographic words, and generation time.
