@@ -217,10 +217,10 @@ def noise_gap(groups: dict[str, list[float]], resamples: int = 1000, seed: int =
     rng = random.Random(seed)
     pooled = [x for v in groups.values() for x in v]
     sizes = [len(v) for v in groups.values()]
+    starts = list(itertools.accumulate(sizes, initial=0))[:-1]
     gaps = []
     for _ in range(resamples):
         rng.shuffle(pooled)
-        starts = [sum(sizes[:i]) for i in range(len(sizes))]
         means = [statistics.fmean(pooled[a : a + n]) for a, n in zip(starts, sizes)]
         gaps.append(max(means) - min(means))
     return sorted(gaps)[int(0.95 * resamples) - 1]

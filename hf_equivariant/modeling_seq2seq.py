@@ -100,7 +100,7 @@ class EquivariantModelForSeq2SeqLM(EquivariantPreTrainedModel, GenerationMixin):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         decoder_copies = self.transform_ids(decoder_input_ids)
         keys = decoder_copies
-        if self.config.deduplicate and getattr(cache, "copy_rows", None) is None:
+        if self.deduplicates(cache) and getattr(cache, "copy_rows", None) is None:
             # a fresh history starts with the encoder output: equal encoder copies are equal rows of it
             encoded_as = torch.unique(hidden.flatten(1), dim=0, return_inverse=True)[1]
             keys = torch.cat([encoded_as[:, None], decoder_copies], dim=1)

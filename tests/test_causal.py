@@ -3,6 +3,7 @@
 import pytest
 import torch
 from conftest import GENDER_CLASSES, PROMPTS, RACE_CLASSES, all_elements, element_permutation, tiny_llama
+from transformers import CompileConfig
 
 from hf_equivariant import EquiGPT2LMHeadModel, EquivariantModelForCausalLM, WordSwapGroup, make_equivariant
 
@@ -219,8 +220,6 @@ def test_static_cache_gives_the_same_tokens(base_model, tokenizer):
 
 def test_compiled_static_cache_generation_gives_the_same_tokens(tokenizer):
     """generate() compiles the decoding step with a static cache (on GPUs by default; forced here on CPU)."""
-    from transformers import CompileConfig
-
     model = wrap(tiny_llama(len(tokenizer)), tokenizer, "multi_equitune")
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     dynamic = model.generate(**batch, max_new_tokens=4, do_sample=False)
