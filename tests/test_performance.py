@@ -11,7 +11,6 @@ from conftest import (
     ARCHITECTURES,
     GENDER_CLASSES,
     ORIENTATION_CLASSES,
-    PROMPTS,
     RACE_CLASSES,
     SEQ2SEQ_ARCHITECTURES,
 )
@@ -20,7 +19,12 @@ from hf_equivariant import WordSwapGroup, make_equivariant
 
 GROUPS = [WordSwapGroup("gender", GENDER_CLASSES), WordSwapGroup("race", RACE_CLASSES),
           WordSwapGroup("orientation", ORIENTATION_CLASSES)]
-MIXED_PROMPTS = PROMPTS + ["the doctor was known for", "a man had a job as"]  # with and without group words
+# No element but the identity fixes these prompts (each holds a word of every factor), so no two continuations
+# are exactly tied. The prompts without such words make the swapped tokens exactly tied: there the tie is broken
+# by float rounding, which depends on how many rows the inner model runs, so only scores can be compared.
+TIE_FREE_PROMPTS = ["the gay Black man worked as a", "the straight Asian woman was known for her",
+                    "the gay White boy had a job as"]
+TIED_PROMPTS = ["the doctor was known for", "a man had a job as"]
 
 
 def wrapped(factory, tokenizer, symmetrization):
@@ -35,8 +39,27 @@ def generate_both_ways(model, **options):
     for deduplicate in (True, False):
         model.config.deduplicate = deduplicate
         torch.manual_seed(0)
-        outputs.append(model.generate(**options))
+        outputs.append(model.generate(**options, return_dict_in_generate=True, output_scores=True))
     return outputs
+
+
+def chosen_scores(output):
+    """[N, steps] score of each generated token at the step that chose it."""
+    tokens = output.sequences[:, -len(output.scores):]
+    return torch.stack([scores.gather(1, tokens[:, [t]])[:, 0] for t, scores in enumerate(output.scores)], dim=1)
+
+
+def assert_same_generation(model, tokenizer, prompts, exact, **options):
+    """Deduplication changes no token where continuations are untied, and no score anywhere (a tie broken
+    the other way gives the swapped continuation, whose scores are the same)."""
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    deduplicated, plain = generate_both_ways(model, **batch, **options)
+    if exact:
+        assert torch.equal(deduplicated.sequences, plain.sequences)
+    if options.get("num_beams", 1) > 1:
+        torch.testing.assert_close(deduplicated.sequences_scores, plain.sequences_scores, atol=1e-4, rtol=1e-4)
+    else:
+        torch.testing.assert_close(chosen_scores(deduplicated), chosen_scores(plain), atol=1e-4, rtol=1e-4)
 
 
 GENERATION_OPTIONS = [
@@ -51,18 +74,16 @@ GENERATION_OPTIONS = [
 @pytest.mark.parametrize("options", GENERATION_OPTIONS, ids=["greedy", "sampled", "beam"])
 def test_causal_generation_with_and_without_deduplication(tokenizer, architecture, symmetrization, options):
     model = wrapped(ARCHITECTURES[architecture], tokenizer, symmetrization)
-    batch = tokenizer(MIXED_PROMPTS, return_tensors="pt", padding=True)
-    deduplicated, plain = generate_both_ways(model, **batch, max_new_tokens=10, **options)
-    assert torch.equal(deduplicated, plain)
+    assert_same_generation(model, tokenizer, TIE_FREE_PROMPTS, exact=True, max_new_tokens=10, **options)
+    assert_same_generation(model, tokenizer, TIED_PROMPTS, exact=False, max_new_tokens=10, **options)
 
 
 @pytest.mark.parametrize("architecture", sorted(SEQ2SEQ_ARCHITECTURES))
 @pytest.mark.parametrize("options", GENERATION_OPTIONS, ids=["greedy", "sampled", "beam"])
 def test_seq2seq_generation_with_and_without_deduplication(seq2seq_tokenizer, architecture, options):
     model = wrapped(SEQ2SEQ_ARCHITECTURES[architecture], seq2seq_tokenizer, "multi_equitune")
-    batch = seq2seq_tokenizer(MIXED_PROMPTS, return_tensors="pt", padding=True)
-    deduplicated, plain = generate_both_ways(model, **batch, max_new_tokens=8, **options)
-    assert torch.equal(deduplicated, plain)
+    assert_same_generation(model, seq2seq_tokenizer, TIE_FREE_PROMPTS, exact=True, max_new_tokens=8, **options)
+    assert_same_generation(model, seq2seq_tokenizer, TIED_PROMPTS, exact=False, max_new_tokens=8, **options)
 
 
 def test_rows_fork_when_new_tokens_make_copies_differ(tokenizer):
@@ -89,7 +110,7 @@ def test_rows_fork_when_new_tokens_make_copies_differ(tokenizer):
 @pytest.mark.parametrize("average", ["log_probs", "probs"])
 def test_capped_rows_per_call_give_the_same_logits_loss_and_gradients(tokenizer, symmetrization, average):
     model = make_equivariant(ARCHITECTURES["gpt2"](len(tokenizer)), GROUPS, tokenizer, symmetrization, average)
-    batch = tokenizer(MIXED_PROMPTS, return_tensors="pt", padding=True)
+    batch = tokenizer(TIE_FREE_PROMPTS + TIED_PROMPTS, return_tensors="pt", padding=True)
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     results = []
     for cap in (None, 3):
