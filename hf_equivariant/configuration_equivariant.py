@@ -6,6 +6,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .boundaries import ACTIONS, decode_boundaries
 from .groups import TokenSwapGroup, resolve_groups
 from .symmetrize import AVERAGES, SYMMETRIZATIONS
 
@@ -20,6 +21,11 @@ class EquivariantConfig(PreTrainedConfig):
             vocabulary size), so a saved model needs no tokenizer to rebuild its group.
         symmetrization: "multi_equitune" (sum |Gi| inner passes) or "equitune" (prod |Gi|).
         average: what the copies' outputs average: "log_probs", "logits" or "probs".
+        action: "word" (the group swaps whole words only, never the pieces of a longer word; see
+            `boundaries`) or "token" (every occurrence of a support token). Configs saved before the word
+            action existed load as "token".
+        token_boundaries: the tokenizer's word boundaries for the word action (`boundaries.encode_boundaries`:
+            per token, whether a word may end before it and begin after it); None when every token is a word.
         base_model: name or path of the checkpoint the model was built from (for the model card).
         deduplicate: run the inner model once per distinct copy (exact; copies of an input that are
             equal token for token share an inner row and, in generation, a KV-cache row).
@@ -34,6 +40,8 @@ class EquivariantConfig(PreTrainedConfig):
     groups: list | None = None
     symmetrization: str = "multi_equitune"
     average: str = "log_probs"
+    action: str = "word"
+    token_boundaries: dict | None = None
     base_model: str | None = None
     deduplicate: bool = True
     max_inner_rows: int | None = None
@@ -44,6 +52,8 @@ class EquivariantConfig(PreTrainedConfig):
             raise ValueError(f"unknown symmetrization {self.symmetrization!r}, choose one of {SYMMETRIZATIONS}")
         if self.average not in AVERAGES:
             raise ValueError(f"unknown average {self.average!r}, choose one of {AVERAGES}")
+        if self.action not in ACTIONS:
+            raise ValueError(f"unknown action {self.action!r}, choose one of {ACTIONS}")
         # The base class sets the attention implementation recursively (None unless asked for): keep the inner one.
         inner_attn = getattr(self.text_config, "_attn_implementation", None)
         asked = "attn_implementation" in kwargs
@@ -51,8 +61,17 @@ class EquivariantConfig(PreTrainedConfig):
         if not asked:
             self.text_config._attn_implementation = inner_attn
         self.is_encoder_decoder = bool(self.text_config.is_encoder_decoder)
+        vocab_size = self.text_config.get_text_config(decoder=True).vocab_size
         if self.groups:
-            resolve_groups(self.groups, vocab_size=self.text_config.get_text_config(decoder=True).vocab_size)
+            resolve_groups(self.groups, vocab_size=vocab_size)
+        decode_boundaries(self.token_boundaries, vocab_size)  # checks that they fit the vocabulary
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """A saved config; one saved before the word action existed has no `action`: its groups acted on tokens."""
+        if "groups" in config_dict and "action" not in config_dict:
+            config_dict = {**config_dict, "action": "token"}
+        return super().from_dict(config_dict, **kwargs)
 
     @property
     def factors(self) -> list[TokenSwapGroup]:

@@ -59,6 +59,7 @@ def equivariant_model_card(config: EquivariantConfig, tags: list[str] | None = N
         ],
         symmetrization=config.symmetrization,
         average=config.average,
+        action=config.action,
         num_copies=count_copies(orders, config.symmetrization),
         equitune_copies=count_copies(orders, "equitune"),
         multi_equitune_copies=count_copies(orders, "multi_equitune"),

@@ -3,7 +3,9 @@
 forward(x) = combine_k( M(copy_k(x)) ): the K copies of the batch (K*B rows, copy-major) run through
 the inner model M as one batch, one row per distinct copy, then untransform and average (see
 `symmetrize`). In generation every new token is transformed like the prompt, so each copy extends its
-own transformed history; the inner KV cache holds one row per distinct history.
+own transformed history; the inner KV cache holds one row per distinct history. With the word action
+(`boundaries`) the group touches whole words only, and pieces that would glue onto a swapped word are
+masked.
 """
 
 from __future__ import annotations
@@ -41,9 +43,14 @@ class EquivariantModelForCausalLM(EquivariantPreTrainedModel, GenerationMixin):
         labels=None,
         use_cache=None,
         logits_to_keep=0,
+        preceding_token_ids=None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """Symmetrised logits [B, T, V]; with `labels`, the cross-entropy of the symmetrised distribution."""
+        """Symmetrised logits [B, T, V]; with `labels`, the cross-entropy of the symmetrised distribution.
+
+        `preceding_token_ids` ([B]): the token before input_ids[:, 0] when `cache` holds the past (the word
+        action needs it; generate() passes it).
+        """
         if input_ids is None or inputs_embeds is not None:
             raise ValueError("the group acts on token ids: pass input_ids, not inputs_embeds")
         kwargs.pop("return_dict", None)
@@ -51,7 +58,9 @@ class EquivariantModelForCausalLM(EquivariantPreTrainedModel, GenerationMixin):
         if logits_to_keep:
             kwargs["logits_to_keep"] = logits_to_keep
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        copies = self.transform_ids(input_ids)
+        self.check_preceding_token_ids(preceding_token_ids, cache)
+        occurrences = self.word_occurrences(input_ids, preceding_token_ids)
+        copies = self.transform_ids(input_ids, occurrences)
         rows = self.copy_rows(copies, input_ids.shape[0], cache)
         owners = rows.owners
 
@@ -66,7 +75,8 @@ class EquivariantModelForCausalLM(EquivariantPreTrainedModel, GenerationMixin):
                 **kwargs,
             )
 
-        logits, outputs = self.symmetrised_logits(run_inner, rows, uses_cache=use_cache or cache is not None)
+        logits, outputs = self.symmetrised_logits(run_inner, rows, use_cache or cache is not None, input_ids,
+                                                  occurrences, logits_to_keep)
         loss = None
         if labels is not None:
             loss = self.loss_function(

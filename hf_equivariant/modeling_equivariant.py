@@ -1,8 +1,9 @@
 """The machinery every equivariant wrapper shares: the inner model, the copy plan, loading and saving.
 
 A wrapper holds any pretrained LM as `self.model` and the copy plan of its group (see `symmetrize`)
-as non-persistent buffers, rebuilt from the config's resolved groups whenever the model is built or
-loaded. Task subclasses (causal, seq2seq) only say how ids enter the copies and how outputs leave.
+with the tokenizer's word boundaries (see `boundaries`) as non-persistent buffers, rebuilt from the
+config whenever the model is built or loaded. Task subclasses (causal, seq2seq) only say how ids enter
+the copies and how outputs leave.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 from transformers import initialization as init
 
+from . import boundaries
 from .configuration_equivariant import EquivariantConfig
 from .groups import resolve_groups
 from .symmetrize import CopyPlan, CopyRows, combine, expand_rows, plan_copies, support_lookup, transform_ids
@@ -30,7 +32,25 @@ HUB_KWARGS = (
     "trust_remote_code",
     "gguf_file",
 )
-PLAN_BUFFERS = ("plan_support", "plan_lookup", "plan_input_maps", "plan_weights", "plan_mixing")
+PLAN_BUFFERS = ("plan_support", "plan_lookup", "plan_input_maps", "plan_weights", "plan_mixing", "plan_before",
+                "plan_after")
+
+
+def word_action(factors, tokenizer, vocab_size: int, action: str):
+    """(factors, token boundaries for the config) of `action`: for "word", the tokenizer's word boundaries,
+    and the factors without the forms that would begin or end words differently (see `boundaries`)."""
+    if action not in boundaries.ACTIONS:
+        raise ValueError(f"unknown action {action!r}, choose one of {boundaries.ACTIONS}")
+    if action == "token":
+        return factors, None
+    if tokenizer is None:
+        raise ValueError(
+            'action="word" swaps whole words and reads where words begin and end from the tokenizer: pass '
+            'tokenizer=..., or action="token" to swap the group tokens wherever they occur'
+        )
+    found = boundaries.token_boundaries(tokenizer, vocab_size)
+    factors = boundaries.word_forms_only(factors, found, describe=lambda t: tokenizer.decode([t]))
+    return factors, boundaries.encode_boundaries(found)
 
 
 class EquivariantPreTrainedModel(PreTrainedModel):
@@ -63,10 +83,12 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         self.post_init()
 
     def _plan_tensors(self) -> dict[str, torch.Tensor]:
+        vocab_size = self.config.text_config.get_text_config(decoder=True).vocab_size
         with torch.device("cpu"):  # from_pretrained builds the model under a meta-device context
             plan = plan_copies(self.config.factors, self.config.symmetrization)
-            lookup = support_lookup(plan.support, self.config.text_config.get_text_config(decoder=True).vocab_size)
-        tensors = (plan.support, lookup, plan.input_maps, plan.weights, plan.mixing)
+            lookup = support_lookup(plan.support, vocab_size)
+            before, after = boundaries.decode_boundaries(self.config.token_boundaries, vocab_size)
+        tensors = (plan.support, lookup, plan.input_maps, plan.weights, plan.mixing, before, after)
         return dict(zip(PLAN_BUFFERS, tensors))
 
     def _init_weights(self, module):
@@ -84,9 +106,40 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         """Inner rows per input row: prod |Gi| (equitune) or sum |Gi| (multi_equitune)."""
         return self.plan_input_maps.shape[0]
 
-    def transform_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """[B, T] -> [K*B, T]: every copy of every row, copy-major."""
-        return transform_ids(ids, self.plan_lookup, self.plan_input_maps)
+    @property
+    def acts_on_words(self) -> bool:
+        """Whether the group acts on whole words only (`config.action == "word"` with a sub-word tokenizer);
+        otherwise on every support token wherever it occurs."""
+        return self.config.action == "word" and self.config.token_boundaries is not None
+
+    def word_occurrences(self, ids: torch.Tensor, preceding_token_ids: torch.Tensor | None = None):
+        """[B, T] bool: where the support tokens of `ids` are whole words (see `boundaries`); None for the
+        token action. `preceding_token_ids` ([B]): the token before ids[:, 0] when a KV cache holds the past."""
+        if not self.acts_on_words:
+            return None
+        return boundaries.word_occurrences(ids, self.plan_before, self.plan_after, preceding_token_ids)
+
+    def check_preceding_token_ids(self, preceding_token_ids, cache) -> None:
+        """With the word action, a step that continues a cached sequence must say which token precedes it."""
+        if preceding_token_ids is None and self.acts_on_words and cache is not None and cache.get_seq_length() > 0:
+            raise ValueError(
+                "this model swaps whole words: when continuing from a cache, pass preceding_token_ids (the last "
+                "token of each row so far) so that it can tell whether the new tokens begin a word; generate() "
+                "passes it"
+            )
+
+    def transform_ids(self, ids: torch.Tensor, occurrences: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T] -> [K*B, T]: every copy of every row, copy-major; only `occurrences` are acted on if given."""
+        return transform_ids(ids, self.plan_lookup, self.plan_input_maps, occurrences)
+
+    def prepare_inputs_for_generation(self, input_ids, *args, **kwargs):
+        """The usual inputs, plus the token before the new ones (`preceding_token_ids`) once a cache holds the
+        past: the word action needs it to tell whether a new token begins a word."""
+        inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
+        new = inputs["decoder_input_ids" if self.config.is_encoder_decoder else "input_ids"]
+        if self.acts_on_words and new is not None and input_ids.shape[1] > new.shape[1]:
+            inputs["preceding_token_ids"] = input_ids[:, -new.shape[1] - 1]
+        return inputs
 
     def copy_rows(self, keys: torch.Tensor, batch_size: int, cache=None) -> CopyRows:
         """The inner rows that compute the K*B copy rows, whose histories `keys` ([K*B, L]) describe.
@@ -123,9 +176,13 @@ class EquivariantPreTrainedModel(PreTrainedModel):
             return [slice(0, num_rows)]
         return [slice(start, min(start + cap, num_rows)) for start in range(0, num_rows, cap)]
 
-    def symmetrised_logits(self, run_inner, rows: CopyRows, uses_cache: bool):
+    def symmetrised_logits(self, run_inner, rows: CopyRows, uses_cache: bool, ids=None, occurrences=None,
+                           logits_to_keep=0):
         """Run `run_inner(block)` (the inner model on a block of inner rows) block by block and combine.
 
+        With the word action, `ids` ([B, T], the rows whose next-token scores these are) and their word
+        `occurrences` say which support columns are acted on at each position and where glued pieces are
+        masked; `logits_to_keep` (as in transformers) says which positions the inner logits cover.
         Returns (symmetrised [B, ..., V] logits, the last inner output, whose cache now maps every copy row).
         """
         last = {}
@@ -134,8 +191,15 @@ class EquivariantPreTrainedModel(PreTrainedModel):
             last["output"] = run_inner(block)
             return last["output"].logits
 
+        acted = glued = None
+        if occurrences is not None:
+            kept = logits_to_keep if torch.is_tensor(logits_to_keep) else slice(-logits_to_keep or None, None)
+            acted = boundaries.acted_columns(ids, self.plan_before, self.plan_after, self.plan_support)[:, kept]
+            glued = boundaries.glue_positions(ids, occurrences, self.plan_lookup)[:, kept]
         combined = combine(map(logits, self.inner_blocks(rows.num_rows, uses_cache)), self.plan, rows,
-                           self.config.average)
+                           self.config.average, acted)
+        if glued is not None:
+            combined = boundaries.mask_glued(combined, glued, self.plan_before)
         output = last["output"]
         if output.cache is not None and self.deduplicates(output.cache):
             output.cache.copy_rows = rows
@@ -172,19 +236,27 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         tokenizer=None,
         symmetrization: str = "multi_equitune",
         average: str = "log_probs",
+        action: str = "word",
     ):
-        """Wrap an in-memory model; word groups are resolved with `tokenizer`. The model's weights are shared."""
+        """Wrap an in-memory model; word groups are resolved with `tokenizer`. The model's weights are shared.
+
+        `action="word"` (default) swaps whole words only and reads the word boundaries from `tokenizer`;
+        `action="token"` swaps every occurrence of a group token, also inside longer words.
+        """
         if isinstance(model, EquivariantPreTrainedModel):
             raise ValueError("the model is already equivariant; wrap its inner model (`.model`) instead")
         if not isinstance(model, PreTrainedModel):
             raise TypeError(f"expected a transformers PreTrainedModel, got {type(model).__name__}")
         vocab_size = model.config.get_text_config(decoder=True).vocab_size
         factors = resolve_groups(groups, tokenizer, vocab_size=vocab_size)
+        factors, token_boundaries = word_action(factors, tokenizer, vocab_size, action)
         config = EquivariantConfig(
             text_config=model.config,
             groups=[f.to_dict() for f in factors],
             symmetrization=symmetrization,
             average=average,
+            action=action,
+            token_boundaries=token_boundaries,
             base_model=model.name_or_path or None,
         )
         return cls(config, model=model)
@@ -198,12 +270,15 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         tokenizer=None,
         symmetrization: str | None = None,
         average: str | None = None,
+        action: str | None = None,
         **kwargs,
     ):
         """Load a saved equivariant model, or a plain base checkpoint made equivariant with `groups=`.
 
-        For a base checkpoint the tokenizer that resolves word groups is loaded from the same place
-        unless `tokenizer` is given. `symmetrization` and `average` override the saved choice.
+        For a base checkpoint the tokenizer that resolves word groups (and, for `action="word"`, gives the
+        word boundaries) is loaded from the same place unless `tokenizer` is given. `symmetrization`,
+        `average` and `action` override the saved choice; turning a saved token action into the word
+        action reads the word boundaries from `tokenizer` (or the checkpoint's own tokenizer).
         """
         hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         config = kwargs.pop("config", None) or AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
@@ -214,6 +289,12 @@ class EquivariantPreTrainedModel(PreTrainedModel):
                     f"{pretrained_model_name_or_path} is already equivariant (groups "
                     f"{[f.name for f in config.factors]}); load it without groups=, or load its base model"
                 )
+            if action is not None and action != config.action:
+                if action == "word":
+                    tokenizer = tokenizer or AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+                vocab_size = config.text_config.get_text_config(decoder=True).vocab_size
+                factors, options["token_boundaries"] = word_action(config.factors, tokenizer, vocab_size, action)
+                options.update(action=action, groups=[f.to_dict() for f in factors])
             config = EquivariantConfig(**{**config.to_dict(), **options}) if options else config
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
         if groups is None:
@@ -222,8 +303,11 @@ class EquivariantPreTrainedModel(PreTrainedModel):
                 f"to make it equivariant"
             )
         model = cls.auto_model_class.from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        if tokenizer is None and not all(hasattr(g, "orbits") or isinstance(g, dict) for g in groups):
+        needs_words = action in (None, "word") or not all(hasattr(g, "orbits") or isinstance(g, dict) for g in groups)
+        if tokenizer is None and needs_words:
             tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        if action is not None:
+            options["action"] = action
         return cls.from_base_model(model, groups, tokenizer, **options)
 
     def model_card(self, tags: list[str] | None = None, repo_id: str | None = None):

@@ -4,7 +4,8 @@ The group acts on the encoder ids, the decoder ids and the output scores. Copy k
 (a_k(x), a_k(y)): the encoder runs once per distinct copy of x and its outputs cover all K*B copy rows
 (also in generate(), whose single encoder call goes through `get_encoder()`); the decoder extends each
 copy's own transformed history, one inner row per distinct (encoder output, decoder history), and the
-copies' scores combine as in the causal model.
+copies' scores combine as in the causal model. With the word action (`boundaries`) the group touches
+whole words only, in the encoder's and the decoder's ids.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class CopiesEncoder(nn.Module):
     def forward(self, input_ids, attention_mask=None, output_attentions=None, output_hidden_states=None,
                 return_dict=True):
         wrapper = self.wrapper
-        copies = wrapper.transform_ids(input_ids)
+        copies = wrapper.transform_ids(input_ids, wrapper.word_occurrences(input_ids))
         rows = wrapper.copy_rows(copies, input_ids.shape[0])
         encoded = wrapper.model.get_encoder()(
             input_ids=copies[rows.representatives],
@@ -81,9 +82,14 @@ class EquivariantModelForSeq2SeqLM(EquivariantPreTrainedModel, GenerationMixin):
         decoder_inputs_embeds=None,
         labels=None,
         use_cache=None,
+        preceding_token_ids=None,
         **kwargs,
     ) -> Seq2SeqLMOutput:
-        """Symmetrised decoder logits [B, T, V]; with `labels`, the cross-entropy of the symmetrised distribution."""
+        """Symmetrised decoder logits [B, T, V]; with `labels`, the cross-entropy of the symmetrised distribution.
+
+        `preceding_token_ids` ([B]): the decoder token before decoder_input_ids[:, 0] when `cache` holds the
+        past (the word action needs it; generate() passes it).
+        """
         if inputs_embeds is not None or decoder_inputs_embeds is not None:
             raise ValueError("the group acts on token ids: pass input_ids and decoder_input_ids, not embeddings")
         kwargs.pop("return_dict", None)
@@ -98,7 +104,9 @@ class EquivariantModelForSeq2SeqLM(EquivariantPreTrainedModel, GenerationMixin):
             encoder_outputs = self.get_encoder()(input_ids, attention_mask)
         hidden = encoder_outputs[0]  # [K*B, S, H]
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        decoder_copies = self.transform_ids(decoder_input_ids)
+        self.check_preceding_token_ids(preceding_token_ids, cache)
+        occurrences = self.word_occurrences(decoder_input_ids, preceding_token_ids)
+        decoder_copies = self.transform_ids(decoder_input_ids, occurrences)
         keys = decoder_copies
         if self.deduplicates(cache) and getattr(cache, "copy_rows", None) is None:
             # a fresh history starts with the encoder output: equal encoder copies are equal rows of it
@@ -121,7 +129,8 @@ class EquivariantModelForSeq2SeqLM(EquivariantPreTrainedModel, GenerationMixin):
                 **kwargs,
             )
 
-        logits, outputs = self.symmetrised_logits(run_inner, rows, uses_cache=use_cache or cache is not None)
+        logits, outputs = self.symmetrised_logits(run_inner, rows, use_cache or cache is not None, decoder_input_ids,
+                                                  occurrences, kwargs.get("logits_to_keep", 0))
         loss = None
         if labels is not None:
             loss = fixed_cross_entropy(logits.flatten(0, 1), labels.flatten().to(logits.device), num_items_in_batch)

@@ -103,11 +103,16 @@ def support_lookup(support: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return lookup
 
 
-def transform_ids(ids: torch.Tensor, lookup: torch.Tensor, input_maps: torch.Tensor) -> torch.Tensor:
-    """[B, ...] ids -> [K*B, ...] ids of all copies, copy-major (row k*B + b is copy k of row b)."""
+def transform_ids(ids: torch.Tensor, lookup: torch.Tensor, input_maps: torch.Tensor,
+                  acts: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, ...] ids -> [K*B, ...] ids of all copies, copy-major (row k*B + b is copy k of row b).
+
+    `acts` ([B, ...] bool, e.g. the word occurrences of `boundaries`) limits the action to those positions.
+    """
     position = lookup[ids]
     mapped = input_maps[:, position.clamp(min=0)]  # [K, B, ...]
-    return torch.where(position >= 0, mapped, ids).flatten(0, 1)
+    moved = position >= 0 if acts is None else (position >= 0) & acts
+    return torch.where(moved, mapped, ids).flatten(0, 1)
 
 
 @dataclass(frozen=True)
@@ -160,13 +165,17 @@ def expand_rows(index: torch.Tensor, num_copies: int, batch_size: int) -> torch.
     return (offsets[:, None] + index[None, :]).flatten()
 
 
-def combine(outputs, plan: CopyPlan, rows: CopyRows, average: str = "log_probs") -> torch.Tensor:
+def combine(outputs, plan: CopyPlan, rows: CopyRows, average: str = "log_probs",
+            acted: torch.Tensor | None = None) -> torch.Tensor:
     """Inner logits of the distinct rows -> [B, ..., V] symmetrised logits.
 
     `outputs` is the [U, ..., V] tensor of the inner rows of `rows`, or an iterable of consecutive
     blocks of it (so that only one block of logits is held at a time). `average` says what is
     combined: log-probabilities (a log-linear pool), raw logits, or probabilities (the result is their
-    log, so that softmax gives the averaged distribution).
+    log, so that softmax gives the averaged distribution). `acted` ([B, ..., u] bool) says on which
+    support columns the group acts at each position; the others are fixed columns, combined like the
+    columns off the support (the word action of `boundaries`). A score of -inf in a copy that a column
+    reads gives -inf there (the mixing's zero weights never meet it: 0 * -inf would be NaN).
     """
     if average not in AVERAGES:
         raise ValueError(f"unknown average {average!r}, choose one of {AVERAGES}")
@@ -188,6 +197,12 @@ def combine(outputs, plan: CopyPlan, rows: CopyRows, average: str = "log_probs")
         on_support.append(z[..., plan.support])
         start = end
     z_support = torch.cat(on_support)[rows.inverse].unflatten(0, (plan.num_copies, rows.batch_size))
-    mixed = torch.einsum("k...j,kjw->...w", z_support, plan.mixing.to(y.dtype))
+    mixing = plan.mixing.to(y.dtype)
+    minus_infinity = torch.isneginf(z_support)
+    mixed = torch.einsum("k...j,kjw->...w", z_support.masked_fill(minus_infinity, 0), mixing)
+    reads_minus_infinity = torch.einsum("k...j,kjw->...w", minus_infinity.to(y.dtype), (mixing != 0).to(y.dtype))
+    mixed = mixed.masked_fill(reads_minus_infinity > 0, float("-inf"))
+    if acted is not None:
+        mixed = torch.where(acted, mixed, y[..., plan.support])
     y = y.index_copy(-1, plan.support, mixed)
     return y.log().float() if average == "probs" else y

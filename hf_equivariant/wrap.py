@@ -15,14 +15,17 @@ def make_equivariant(
     tokenizer=None,
     symmetrization: str = "multi_equitune",
     average: str = "log_probs",
+    action: str = "word",
 ):
     """Wrap an in-memory causal or seq2seq LM so that it is exactly equivariant to the product of `groups`.
 
     `groups` are `WordSwapGroup`s (resolved with `tokenizer`) or already resolved `TokenSwapGroup`s.
-    The wrapper shares the model's weights and leaves them untouched.
+    `action="word"` swaps whole words only (the tokenizer says where words begin and end),
+    `action="token"` every occurrence of a group token. The wrapper shares the model's weights and leaves
+    them untouched.
     """
     wrapper = EquivariantModelForSeq2SeqLM if model.config.is_encoder_decoder else EquivariantModelForCausalLM
-    return wrapper.from_base_model(model, groups, tokenizer, symmetrization, average)
+    return wrapper.from_base_model(model, groups, tokenizer, symmetrization, average, action)
 
 
 def register_auto_classes() -> None:

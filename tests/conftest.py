@@ -4,6 +4,7 @@ The oracle computes permutations straight from the word lists and the tokenizer'
 the library's tables, so that equivariance is checked against an independent definition.
 """
 
+import functools
 import itertools
 import os
 
@@ -11,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach t
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     BartConfig,
     BartForConditionalGeneration,
@@ -161,3 +162,129 @@ def element_permutation(tokenizer, class_lists, shifts, vocab_size=None) -> torc
 def all_elements(class_lists):
     """Every element of the product of cyclic factors, as shift tuples."""
     return list(itertools.product(*(range(len(classes)) for classes in class_lists)))
+
+
+# A byte-level BPE tokenizer trained on sentences that use the group words as whole words, so that each is one
+# token, while rarer words are split into pieces that include group tokens: "Hispanics" -> "His"+"p"+...,
+# "Blackstone" -> " Black"+"s"+..., "Manning" -> "Man"+"n"+..., "heather" -> " he"+"a"+"t"+"her".
+BPE_GENDER_CLASSES = [["man", "he", "his", "male", "son"], ["woman", "she", "her", "female", "daughter"]]
+BPE_FILLER = "the a of and to was as for by worked known described job had doctor nurse teacher kind smart met saw said with"
+
+
+def bpe_tokenizer(padding_side: str = "left") -> PreTrainedTokenizerFast:
+    words = [w for classes in (BPE_GENDER_CLASSES, RACE_CLASSES, ORIENTATION_CLASSES) for c in classes for w in c]
+    filler = BPE_FILLER.split()
+    corpus = []
+    for i, word in enumerate(words + filler):
+        capitalised = word[0].upper() + word[1:]
+        for k in range(12):
+            other = filler[(i + k) % len(filler)]
+            corpus += [f"{word} {other} {word}.", f"{capitalised} {other} {capitalised}, {word}",
+                       f"{other} {capitalised} {other} {word}"]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=600, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>", padding_side=padding_side)
+
+
+class WordActionOracle:
+    """Independent oracle of the word-level action, from decoded strings only (not the library's tables).
+
+    A token is a *whole word* when, in the decoded sequence, its text (without leading whitespace) starts and
+    ends at word edges: the characters around it are not word characters (letters, digits, or U+FFFD, which
+    stands for a partial UTF-8 byte) or it is at an end of the text.
+    Element `shifts` (one per cyclic factor) moves the class of every whole-word token that is a form (w, " w",
+    W, " W") of a listed word, where that form is one token for every class. On the scores at position t it
+    permutes the forms that would begin a word there (leading-space forms always; bare forms when the text
+    of token t ends in a non-word character). After a whole-word group token, pieces beginning with a word
+    character are impossible (-inf).
+    """
+
+    @staticmethod
+    def word_character(character: str) -> bool:
+        return character.isalnum() or character == "\ufffd"
+
+    def __init__(self, tokenizer, class_lists, vocab_size: int):
+        self.tokenizer, self.vocab_size = tokenizer, vocab_size
+        self.orbit_of = {}  # token -> (factor, class, orbit)
+        for f, classes in enumerate(class_lists):
+            for j in range(len(classes[0])):
+                for form in (lambda w: w, lambda w: " " + w, lambda w: w[0].upper() + w[1:],
+                             lambda w: " " + w[0].upper() + w[1:]):
+                    pieces = [tokenizer.encode(form(words[j]), add_special_tokens=False) for words in classes]
+                    if all(len(p) == 1 for p in pieces):
+                        orbit = [p[0] for p in pieces]
+                        for c, token in enumerate(orbit):
+                            self.orbit_of[token] = (f, c, orbit)
+        self.texts = [tokenizer.decode([v]) for v in range(len(tokenizer))] + [""] * (vocab_size - len(tokenizer))
+        self.starts_with_space = torch.tensor([t[:1].isspace() for t in self.texts])
+        self.continues_word = torch.tensor([bool(t) and self.word_character(t[0]) for t in self.texts])
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 (the oracle lives as long as the test module)
+    def _spans(self, ids: tuple):
+        """The decoded text, and the [start, end) characters of each token in it."""
+        text, spans = "", []
+        for t in range(len(ids)):
+            start, text = len(text), self.tokenizer.decode(ids[: t + 1], clean_up_tokenization_spaces=False)
+            spans.append((start, len(text)))
+        return text, spans
+
+    def word_edges(self, ids) -> tuple[list[bool], list[bool]]:
+        """Per position: whether a word begins where the token's text (without leading space) begins, and
+        whether one ends where it ends."""
+        text, spans = self._spans(tuple(ids))
+        begins, ends = [], []
+        for start, end in spans:
+            start += len(text[start:end]) - len(text[start:end].lstrip())
+            begins.append(start == 0 or not self.word_character(text[start - 1]))
+            ends.append(end == len(text) or not self.word_character(text[end]))
+        return begins, ends
+
+    def whole_words(self, ids) -> list[bool]:
+        """Per position: a group token standing as a whole word."""
+        begins, ends = self.word_edges(ids)
+        return [i in self.orbit_of and b and e for i, b, e in zip(ids, begins, ends)]
+
+    def _move(self, token, shifts):
+        f, c, orbit = self.orbit_of[token]
+        return orbit[(c + shifts[f]) % len(orbit)]
+
+    def act(self, ids, shifts) -> list[int]:
+        ids = list(ids)
+        return [self._move(i, shifts) if whole else i for i, whole in zip(ids, self.whole_words(ids))]
+
+    def output_permutations(self, ids, shifts) -> torch.Tensor:
+        """[T, V] long: row t is the permutation p_t with M(g.x)[t, p_t[v]] = M(x)[t, v]."""
+        text, spans = self._spans(tuple(ids))
+        perms = torch.arange(self.vocab_size).repeat(len(ids), 1)
+        for t, (_, end) in enumerate(spans):
+            after_boundary = end == 0 or not self.word_character(text[end - 1])
+            for token in self.orbit_of:
+                if self.starts_with_space[token] or after_boundary:
+                    perms[t, token] = self._move(token, shifts)
+        return perms
+
+    def glued(self, ids) -> torch.Tensor:
+        """[T, V] bool: the scores that must be -inf (pieces after a whole-word group token)."""
+        whole = torch.tensor(self.whole_words(list(ids)))
+        return whole[:, None] & self.continues_word[None, :]
+
+
+def assert_word_equivariant(model, oracle, ids, shifts, atol=1e-4) -> float:
+    """M(g.x)[t, p_t[v]] == M(x)[t, v] for the oracle's action; -inf exactly where the oracle says. Returns the
+    largest error over finite scores."""
+    rows = [list(r) for r in ids.tolist()]
+    moved = torch.tensor([oracle.act(r, shifts) for r in rows])
+    with torch.no_grad():
+        y, y_moved = model(input_ids=ids).logits, model(input_ids=moved).logits
+    perms = torch.stack([oracle.output_permutations(r, shifts) for r in rows])
+    back = y_moved.gather(-1, perms)
+    glued = torch.stack([oracle.glued(r) for r in rows])
+    assert torch.equal(torch.isneginf(y), glued) and torch.equal(torch.isneginf(back), glued)
+    error = (back - y).masked_fill(glued, 0).abs().max().item()
+    assert error <= atol, f"element {shifts}: error {error}"
+    return error

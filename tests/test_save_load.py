@@ -64,11 +64,11 @@ def test_auto_classes_load_the_wrapper(model, batch, tmp_path):
     assert torch.equal(loaded(**batch).logits, model(**batch).logits)
 
 
-def test_symmetrization_can_be_changed_on_load(model, batch, tmp_path):
+def test_symmetrization_can_be_changed_on_load(model, batch, tokenizer, tmp_path):
     model.save_pretrained(tmp_path)
     loaded = EquivariantModelForCausalLM.from_pretrained(tmp_path, symmetrization="equitune")
     assert loaded.config.symmetrization == "equitune" and loaded.num_copies == 6
-    expected = make_equivariant(model.model, model.config.factors, symmetrization="equitune")  # resolved groups
+    expected = make_equivariant(model.model, model.config.factors, tokenizer, symmetrization="equitune")  # resolved
     torch.testing.assert_close(loaded(**batch).logits, expected(**batch).logits)
 
 
