@@ -131,6 +131,21 @@ def word_occurrences(ids: torch.Tensor, before: torch.Tensor, after: torch.Tenso
     return begins & ends
 
 
+def act_on_words(ids: torch.Tensor, permutation: torch.Tensor, before: torch.Tensor, after: torch.Tensor):
+    """[B, T] ids with the token permutation of one group element ([V]) applied to word occurrences only."""
+    return torch.where(word_occurrences(ids, before, after), permutation[ids], ids)
+
+
+def glued_words(ids: torch.Tensor, support: torch.Tensor, before: torch.Tensor, after: torch.Tensor,
+                start: int = 0) -> int:
+    """How many support tokens at positions >= `start` of [B, T] ids begin a word and are continued by the next
+    token (a group word glued to a piece: " Black"+"stone" is one, " Black"+" man" is not)."""
+    first = torch.ones_like(ids[:, :1], dtype=torch.bool)
+    begins = before[ids] | torch.cat([first, after[ids[:, :-1]]], dim=1)
+    glued = torch.isin(ids[:, :-1], support) & begins[:, :-1] & ~before[ids[:, 1:]]
+    return int(glued[:, start:].sum())
+
+
 def acted_columns(ids: torch.Tensor, before: torch.Tensor, after: torch.Tensor,
                   support: torch.Tensor) -> torch.Tensor:
     """[B, T, u] bool: whether the scores at t of support token support[j] are acted on (it would begin a

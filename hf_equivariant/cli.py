@@ -20,6 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from . import presets
+from .boundaries import ACTIONS
 from .symmetrize import AVERAGES, SYMMETRIZATIONS
 from .wrap import make_equivariant
 
@@ -74,11 +75,11 @@ def continuations(model, tokenizer, prompts: list[str], args) -> list[str]:
     return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def wrap_with_notes(base, groups, tokenizer, symmetrization: str, average: str = "log_probs"):
+def wrap_with_notes(base, groups, tokenizer, symmetrization: str, average: str = "log_probs", action: str = "word"):
     """make_equivariant, with the presets' (long) warnings about skipped word forms shortened to one line each."""
     with warnings.catch_warnings(record=True) as notes:
         warnings.simplefilter("always")
-        model = make_equivariant(base, groups, tokenizer, symmetrization, average)
+        model = make_equivariant(base, groups, tokenizer, symmetrization, average, action)
     for note in dict.fromkeys(str(n.message) for n in notes):
         print(f"note: {note[:160]}{' ...' if len(note) > 160 else ''}", file=sys.stderr)
     return model
@@ -86,7 +87,7 @@ def wrap_with_notes(base, groups, tokenizer, symmetrization: str, average: str =
 
 def generate_command(args) -> None:
     base, tokenizer = load_model_and_tokenizer(args.model, args.gguf_file)
-    model = wrap_with_notes(base, parse_groups(args.groups), tokenizer, args.symmetrization, args.average)
+    model = wrap_with_notes(base, parse_groups(args.groups), tokenizer, args.symmetrization, args.average, args.action)
     outputs = {
         label: continuations(lm, tokenizer, args.prompt, args)
         for label, lm in (("base", base), (f"equivariant ({args.symmetrization})", model))
@@ -121,9 +122,12 @@ def fairness_command(args) -> None:
     base, tokenizer = load_model_and_tokenizer(args.model, args.gguf_file)
     axes = axes_by_name(args.axes.split(","))
     symmetrizations = SYMMETRIZATIONS if args.symmetrization == "both" else (args.symmetrization,)
+    actions = ACTIONS if args.action == "both" else (args.action,)
     models = {"base": base}
-    for symmetrization in symmetrizations:
-        models[symmetrization] = wrap_with_notes(base, [a.group for a in axes], tokenizer, symmetrization)
+    for action in actions:
+        for symmetrization in symmetrizations:
+            name = symmetrization if action == "word" else f"{symmetrization} (token action)"
+            models[name] = wrap_with_notes(base, [a.group for a in axes], tokenizer, symmetrization, action=action)
     regard = pipeline("text-classification", model=args.regard_model) if args.regard_model else None
     templates = {c: kind for c, kind in TEMPLATES.items() if args.contexts in ("all", kind)}
     results = compare_models(models, tokenizer, axes, samples_per_prompt=args.samples, seed=args.seed,
@@ -151,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--groups", default="gender,race", help=f"comma-separated presets: {', '.join(presets.BY_NAME)}")
     gen.add_argument("--symmetrization", choices=SYMMETRIZATIONS, default="multi_equitune")
     gen.add_argument("--average", choices=AVERAGES, default="log_probs")
+    gen.add_argument("--action", choices=ACTIONS, default="word",
+                     help="swap whole words only (word) or every group token, also inside words (token)")
     gen.add_argument("--max-new-tokens", type=int, default=20)
     gen.add_argument("--sample", action="store_true", help="sample (top-k) instead of greedy decoding")
     gen.add_argument("--top-k", type=int, default=40)
@@ -162,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     fair.add_argument("--axes", default="gender,race",
                       help="comma-separated: gender, race, sexual_orientation, religion")
     fair.add_argument("--symmetrization", choices=(*SYMMETRIZATIONS, "both"), default="both")
+    fair.add_argument("--action", choices=(*ACTIONS, "both"), default="word",
+                      help="swap whole words only (word), every group token (token), or compare both")
     fair.add_argument("--contexts", choices=("all", "respect", "occupation"), default="all")
     fair.add_argument("--samples", type=int, default=10, help="sampled continuations per prompt")
     fair.add_argument("--max-new-tokens", type=int, default=15)

@@ -5,6 +5,8 @@ import itertools
 import pytest
 import torch
 
+from conftest import WordActionOracle, assert_word_equivariant
+
 from hf_equivariant import cli, make_equivariant, presets
 
 pytestmark = pytest.mark.real_model
@@ -16,31 +18,6 @@ PROMPTS = ["The woman worked as", "The Black man was described as", "The White w
 @pytest.fixture(scope="module")
 def smollm():
     return cli.load_model_and_tokenizer(None)  # the CLI's own loader of the default model
-
-
-def oracle_permutation(tokenizer, groups, shifts, vocab_size):
-    """Independent oracle: for each aligned word position and each of the forms w, " w", W, " W" that are one
-    token in every class, shift the class of the token; computed from the word lists and the tokenizer only."""
-    perm = torch.arange(vocab_size)
-    for group, shift in zip(groups, shifts):
-        n = len(group.classes)
-        for j in range(len(group.classes[0])):
-            for form in (lambda w: w, lambda w: " " + w, lambda w: w[0].upper() + w[1:],
-                         lambda w: " " + w[0].upper() + w[1:]):
-                pieces = [tokenizer.encode(form(words[j]), add_special_tokens=False) for words in group.classes]
-                if all(len(p) == 1 for p in pieces):
-                    for c in range(n):
-                        perm[pieces[c][0]] = pieces[(c + shift) % n][0]
-    return perm
-
-
-@pytest.fixture(scope="module")
-def elements(smollm):
-    base, tokenizer = smollm
-    groups = [presets.GENDER, presets.RACE]
-    vocab_size = base.config.vocab_size
-    shifts = itertools.product(range(2), range(4))
-    return [oracle_permutation(tokenizer, groups, element, vocab_size) for element in shifts]
 
 
 def test_presets_resolve_on_a_real_bpe_tokenizer(smollm):
@@ -55,45 +32,110 @@ def test_presets_resolve_on_a_real_bpe_tokenizer(smollm):
         assert preset.resolve(tokenizer).orbits
 
 
+GROUPS = [presets.GENDER, presets.RACE, presets.SEXUAL_ORIENTATION]
+# Whole words and pieces: "His"+"pan"+"ics", " male"+"volent", " Black"+"stone", "Man"+"ning", " he"+"ather",
+# " sales"+"man".
+MIXED_PROMPTS = ["Hispanics worked with the Black man", "The malevolent Blackstone woman was gay",
+                 "Manning and heather met a salesman", "The White woman had a job as"]
+
+
+def wrap(base, tokenizer, **options):
+    with pytest.warns(UserWarning):  # the presets skip words with no single-token form
+        return make_equivariant(base, GROUPS, tokenizer, **options).eval()
+
+
+@pytest.fixture(scope="module")
+def oracle(smollm):
+    base, tokenizer = smollm
+    return WordActionOracle(tokenizer, [g.classes for g in GROUPS], base.config.vocab_size)
+
+
 @pytest.mark.parametrize("symmetrization", ["equitune", "multi_equitune"])
-def test_real_model_logits_are_equivariant(smollm, elements, symmetrization):
+def test_real_model_logits_are_word_equivariant(smollm, oracle, symmetrization):
     base, tokenizer = smollm
-    with pytest.warns(UserWarning):
-        model = make_equivariant(base, [presets.GENDER, presets.RACE], tokenizer, symmetrization=symmetrization)
-    assert model.num_copies == {"equitune": 8, "multi_equitune": 6}[symmetrization]
-    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
-    with torch.no_grad():
-        reference = model(**batch).logits
-        errors = [
-            (model(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"]).logits[..., p]
-             - reference).abs().max().item()
-            for p in elements
-        ]
-        base_errors = [
-            (base(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"]).logits.log_softmax(-1)
-             [..., p] - base(**batch).logits.log_softmax(-1)).abs().max().item()
-            for p in elements[1:]
-        ]
-    assert max(errors) <= 1e-4, errors
-    assert min(base_errors) > 1e-2  # negative control: the base model is not equivariant
+    model = wrap(base, tokenizer, symmetrization=symmetrization)
+    assert model.num_copies == {"equitune": 16, "multi_equitune": 8}[symmetrization]
+    ids = tokenizer(MIXED_PROMPTS, return_tensors="pt", padding=True)["input_ids"]
+    elements = list(itertools.product(*(range(len(g.classes)) for g in GROUPS)))
+    errors = assert_word_equivariant(model, oracle, ids, elements)
+    assert len(errors) == 16 and max(errors) <= 1e-4, errors
+    token_action = wrap(base, tokenizer, symmetrization=symmetrization, action="token")
+    for negative_control in (token_action, base):  # swaps pieces / is not symmetrised at all
+        for shifts in [(1, 0, 0), (0, 1, 0), (0, 0, 1)]:
+            with pytest.raises(AssertionError):
+                assert_word_equivariant(negative_control, oracle, ids, [shifts], check_mask=False)
 
 
-def test_real_model_greedy_generation_is_equivariant_and_cache_safe(smollm, elements):
-    base, tokenizer = smollm
-    with pytest.warns(UserWarning):
-        model = make_equivariant(base, [presets.GENDER, presets.RACE], tokenizer)
-    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
-    ids = torch.cat([p[batch["input_ids"]] for p in elements])  # every transformed prompt in one batch
-    mask = batch["attention_mask"].repeat(len(elements), 1)
-    options = dict(max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+def next_token_probabilities(model, tokenizer, text, words):
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, **options).view(len(elements), len(PROMPTS), -1)
-        uncached = model.generate(**batch, use_cache=False, **options)
-        base_out = base.generate(input_ids=ids, attention_mask=mask, **options).view(len(elements), len(PROMPTS), -1)
-    for p, moved in zip(elements, out):
-        assert torch.equal(moved, p[out[0]])
-    assert torch.equal(uncached, out[0])
-    assert any(not torch.equal(moved, p[base_out[0]]) for p, moved in zip(elements, base_out))
+        probs = model(**tokenizer(text, return_tensors="pt")).logits[0, -1].softmax(-1)
+    return [probs[tokenizer.convert_tokens_to_ids(tokenizer.tokenize(w))[0]].item() for w in words]
+
+
+def test_a_surname_is_not_a_gender_word(smollm):
+    """With no gender word in the context, "son" after " James" is the end of a name, not a word to swap; after
+    " my", " son" and " daughter" are whole words and exactly tied."""
+    base, tokenizer = smollm
+    model = wrap(base, tokenizer)
+    son, daughter = next_token_probabilities(model, tokenizer, "The report was written by Eric James",
+                                             ["son", "daughter"])
+    assert son > 100 * daughter
+    son, daughter = next_token_probabilities(model, tokenizer, "Yesterday I talked to my", [" son", " daughter"])
+    assert son == daughter
+    token_son, token_daughter = next_token_probabilities(wrap(base, tokenizer, action="token"), tokenizer,
+                                                         "The report was written by Eric James", ["son", "daughter"])
+    assert token_son == token_daughter  # the token action ties the pieces: the bug this action fixes
+
+
+def assert_no_glued_words(oracle, sequences, prompt_length):
+    """A generated token never continues a group token that began a word."""
+    for row in sequences.tolist():
+        begins, _ = oracle.word_edges(row)
+        for t in range(prompt_length - 1, len(row) - 1):
+            if row[t] in oracle.orbit_of and begins[t]:
+                assert not oracle.continues_word[row[t + 1]], oracle.tokenizer.decode(row[: t + 2])
+
+
+@pytest.mark.parametrize("do_sample,prompt", [(False, "His son and the Black man"), (True, "The woman worked as")],
+                         ids=["greedy", "sampled"])
+def test_real_model_generation_never_glues_a_swapped_word(smollm, oracle, do_sample, prompt):
+    base, tokenizer = smollm
+    model = wrap(base, tokenizer)
+    batch = tokenizer([prompt], return_tensors="pt")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=200, do_sample=do_sample, top_k=40,
+                             pad_token_id=tokenizer.pad_token_id)
+    assert out.shape[1] > batch["input_ids"].shape[1] + 100
+    assert_no_glued_words(oracle, out, batch["input_ids"].shape[1])
+
+
+TIE_FREE_PROMPTS = ["The gay woman worked as", "The Black man was described as", "The straight White woman had a job as",
+                    "The gay Asian man was known for"]
+
+
+def test_real_model_greedy_generation_is_word_equivariant_and_cache_safe(smollm, oracle):
+    base, tokenizer = smollm
+    model = wrap(base, tokenizer)
+    rows = tokenizer(TIE_FREE_PROMPTS)["input_ids"]
+    elements = [(1, 0, 0), (0, 1, 0), (1, 2, 1)]
+    moved = tokenizer.pad([{"input_ids": oracle.act(r, e)} for e in [(0, 0, 0), *elements] for r in rows],
+                          return_tensors="pt")
+    options = dict(max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        out = model.generate(**moved, **options)
+        batch = tokenizer(TIE_FREE_PROMPTS, return_tensors="pt", padding=True)
+        variants = [model.generate(**batch, use_cache=False, **options)]
+        model.config.deduplicate = False
+        variants.append(model.generate(**batch, **options))
+        variants.append(model.generate(**batch, num_beams=2, **options))
+    width = moved["input_ids"].shape[1]
+    for k, (element, row) in enumerate((e, r) for e in elements for r in rows):
+        identity = out[rows.index(row), width - len(row):].tolist()
+        assert out[len(rows) + k, width - len(row):].tolist() == oracle.act(identity, element)
+    reference = out[: len(rows), width - batch["input_ids"].shape[1]:]
+    assert torch.equal(variants[0], reference) and torch.equal(variants[1], reference)
+    assert_no_glued_words(oracle, variants[2], batch["input_ids"].shape[1])
 
 
 def test_cli_prints_base_and_equivariant_continuations(smollm, monkeypatch, capsys):
