@@ -77,6 +77,13 @@ def test_bad_word_lists(classes, message):
         WordSwapGroup("gender", classes)
 
 
+@pytest.mark.parametrize("classes", [["Black", "White"], ("Black", "White"), [["Black"], "White"], "BW"])
+def test_classes_given_as_strings_are_refused(classes):
+    # tuple("Black") is the letters B, l, a, c, k: a flat list would silently swap letters
+    with pytest.raises(ValueError, match=r"each class must be a list or tuple of words, not a string.*write \[\["):
+        WordSwapGroup("race", classes)
+
+
 def test_unknown_kind():
     with pytest.raises(ValueError, match="unknown kind 'dihedral'"):
         WordSwapGroup("race", RACE_CLASSES, kind="dihedral")
