@@ -105,18 +105,29 @@ class WordSwapGroup:
         return {word for words in self.classes for word in words}
 
     def resolve(self, tokenizer, vocab_size: int | None = None) -> TokenSwapGroup:
-        """The token-level group: one orbit per position and surface form that is a single token in every class."""
-        orbits, sources, skipped, missing = [], {}, [], []
+        """The token-level group: one orbit per position and surface form that is a single token in every class.
+
+        A form whose row shares a token with an earlier form's row of the same position repeats a word
+        (one that is its own capitalisation, like "LGBT" in straight|LGBT: the row Straight|LGBT would
+        send LGBT to two tokens); it is left out with a warning. Rows of different positions that share
+        a token are a real conflict and raise.
+        """
+        orbits, sources, skipped, same_word, missing = [], {}, [], {}, []
         for j in range(len(self.classes[0])):
-            found = False
+            found, taken = False, set()  # taken: the tokens of position j's orbits so far
             forms_per_class = [word_forms(words[j]) for words in self.classes]
             for texts in dict.fromkeys(zip(*forms_per_class)):
                 ids = [single_token_id(tokenizer, text) for text in texts]
                 if all(i is not None for i in ids):
                     found = True
-                    if tuple(ids) not in sources:
-                        orbits.append(tuple(ids))
-                        sources[tuple(ids)] = texts
+                    if tuple(ids) in sources:
+                        continue
+                    if not taken.isdisjoint(ids):
+                        same_word.setdefault(tuple(ids), "|".join(repr(t) for t in texts))
+                        continue
+                    orbits.append(tuple(ids))
+                    sources[tuple(ids)] = texts
+                    taken.update(ids)
                 elif any(i is not None for i in ids):
                     skipped.append("|".join(repr(t) for t in texts))
             if not found:
@@ -127,6 +138,13 @@ class WordSwapGroup:
             warnings.warn(
                 f"group {self.name!r}: these forms are not a single token for every class and are not swapped: "
                 + ", ".join(skipped),
+                stacklevel=2,
+            )
+        if same_word:
+            warnings.warn(
+                f"group {self.name!r}: these forms repeat a token of another form of the same words (a word that is "
+                f"its own capitalisation, like 'LGBT') and are left out, as a token can be swapped with one token "
+                f"only: " + ", ".join(same_word.values()),
                 stacklevel=2,
             )
         if missing:

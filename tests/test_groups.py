@@ -103,6 +103,35 @@ def test_skip_missing_drops_the_position_with_a_warning(tokenizer):
         WordSwapGroup("x", [["househusband"], ["housewife"]], skip_missing=True).resolve(tokenizer)
 
 
+@pytest.mark.parametrize(
+    "classes, vocab, kept, dropped",
+    [
+        # "LGBT" is its own capitalisation: the rows straight|LGBT and Straight|LGBT share LGBT
+        ([["straight"], ["LGBT"]], ["straight", "Straight", "LGBT"], [("straight", "LGBT")], "'Straight'|'LGBT'"),
+        ([["straight"], ["LGBT"], ["queer"]], ["straight", "Straight", "LGBT", "queer", "Queer"],
+         [("straight", "LGBT", "queer")], "'Straight'|'LGBT'|'Queer'"),
+        # the shared token may change class: Us|us, then Us|Us
+        ([["Us"], ["us"]], ["Us", "us"], [("Us", "us")], "'Us'|'Us'"),
+        # forms of other positions are kept
+        ([["straight", "man"], ["LGBT", "woman"]], ["straight", "Straight", "LGBT", "man", "Man", "woman", "Woman"],
+         [("straight", "LGBT"), ("man", "woman"), ("Man", "Woman")], "'Straight'|'LGBT'"),
+    ],
+)
+def test_forms_repeating_a_token_of_the_same_words_are_left_out(classes, vocab, kept, dropped):
+    tokenizer = word_tokenizer(vocab)
+    with pytest.warns(UserWarning, match="repeat a token of another form of the same words") as record:
+        group = WordSwapGroup("orientation", classes).resolve(tokenizer)
+    assert dropped in str(record[0].message)
+    assert set(group.orbits) == {tuple(ids(tokenizer, *row)) for row in kept}
+
+
+def test_forms_of_different_positions_sharing_a_token_are_refused():
+    # "He" is the capitalised form of position 0 and a word of position 1: a real conflict
+    tokenizer = word_tokenizer(["he", "she", "He", "She", "Her"])
+    with pytest.raises(ValueError, match=r"token 'He' would be swapped with two different tokens \('Her' and 'She'\)"):
+        WordSwapGroup("gender", [["he", "He"], ["she", "Her"]]).resolve(tokenizer)
+
+
 def test_token_mapped_to_two_tokens_is_refused():
     # The "her" trap: a lowercasing tokenizer reads "Her" as "her", which is then swapped with his and him.
     tokenizer = word_tokenizer(["his", "him", "her"], lowercase=True)
