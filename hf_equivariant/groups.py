@@ -207,12 +207,19 @@ class TokenSwapGroup:
     vocab_size: int
 
     def __post_init__(self):
+        WordSwapGroup(self.name, self.classes, self.kind)  # name, kind and classes as a word group requires them
         object.__setattr__(self, "classes", tuple(tuple(c) for c in self.classes))
         object.__setattr__(self, "orbits", tuple(tuple(int(t) for t in o) for o in self.orbits))
-        if self.kind not in KINDS:
-            raise ValueError(f"group {self.name!r}: unknown kind {self.kind!r}, choose one of {KINDS}")
-        if any(len(o) != len(self.classes) for o in self.orbits):
-            raise ValueError(f"group {self.name!r}: every orbit needs one token per class ({len(self.classes)})")
+        # Tables are saved with their words (a config may be edited by hand): they must agree.
+        if not self.orbits:
+            raise ValueError(f"group {self.name!r} has no token orbits: it would move no token")
+        for s, orbit in enumerate(self.orbits):
+            if len(orbit) != len(self.classes):
+                raise ValueError(
+                    f"group {self.name!r}: orbit {s} {list(orbit)} has {len(orbit)} tokens but the group has "
+                    f"{len(self.classes)} classes {[list(c) for c in self.classes]}: the classes and orbits disagree "
+                    f"(an orbit holds one token per class); resolve the group from its words again"
+                )
         if any(not 0 <= t < self.vocab_size for o in self.orbits for t in o):
             raise ValueError(
                 f"group {self.name!r}: token ids must lie in [0, {self.vocab_size}), got {self.orbits}"

@@ -46,6 +46,11 @@ class EquivariantPreTrainedModel(PreTrainedModel):
     auto_model_class = None  # the Auto class of the inner model, set by each task subclass
 
     def __init__(self, config: EquivariantConfig, model: PreTrainedModel | None = None):
+        if not config.groups:
+            raise ValueError(
+                f"the config has no groups (groups={config.groups!r}): an equivariant model needs at least one; "
+                f"build it with make_equivariant(model, groups, tokenizer) or from_pretrained(base, groups=[...])"
+            )
         super().__init__(config)
         if model is None:
             model = self.auto_model_class.from_config(config.text_config)

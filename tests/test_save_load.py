@@ -113,6 +113,46 @@ def test_config_must_match_the_inner_vocabulary(model):
         EquivariantConfig(symmetrization="full")
 
 
+LOADERS = [EquivariantModelForCausalLM.from_pretrained, AutoModelForCausalLM.from_pretrained]
+
+
+def edit_config(folder: Path, edit) -> None:
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("load", LOADERS)
+@pytest.mark.parametrize("edit", [lambda c: c.update(groups=None), lambda c: c.update(groups=[]),
+                                  lambda c: c.pop("groups")])
+def test_a_config_without_groups_is_refused_at_load(model, tmp_path, load, edit):
+    model.save_pretrained(tmp_path)
+    edit_config(tmp_path, edit)
+    with pytest.raises(ValueError, match=r"the config has no groups \(groups=(None|\[\])\)"):
+        load(tmp_path)
+    with pytest.raises(ValueError, match="the config has no groups"):
+        EquivariantModelForCausalLM(EquivariantConfig(text_config=model.config.text_config))
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda race: race["classes"].append(["Hispanic"]), r"orbit 0 \[\d+, \d+, \d+\] has 3 tokens but .* 4 classes"),
+        (lambda race: race["classes"].pop(), "has 3 tokens but the group has 2 classes .* disagree"),
+        (lambda race: race.update(classes=["Black", "White", "Asian"]), "each class must be a list or tuple of words"),
+        (lambda race: race["classes"][0].append("Latino"), "aligned word lists of equal length"),
+        (lambda race: race.update(orbits=[]), "'race' has no token orbits"),
+    ],
+)
+def test_saved_classes_must_agree_with_the_orbits(model, tmp_path, edit, message):
+    model.save_pretrained(tmp_path)
+    edit_config(tmp_path, lambda config: edit(config["groups"][1]))
+    for load in LOADERS:
+        with pytest.raises(ValueError, match=message):
+            load(tmp_path)
+
+
 def test_remote_code_loads_without_the_library(model, batch, tmp_path, monkeypatch):
     monkeypatch.setattr(EquivariantConfig, "_auto_class", None)
     monkeypatch.setattr(EquivariantModelForCausalLM, "_auto_class", None)
