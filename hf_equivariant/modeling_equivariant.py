@@ -31,6 +31,8 @@ HUB_KWARGS = (
     "gguf_file",
 )
 PLAN_BUFFERS = ("plan_support", "plan_lookup", "plan_input_maps", "plan_weights", "plan_mixing")
+# The settings EquivariantConfig adds (symmetrization, average, deduplicate, ...): from_pretrained overrides.
+CONFIG_OPTIONS = tuple(name for name in EquivariantConfig.__annotations__ if name not in ("text_config", "groups"))
 
 
 class EquivariantPreTrainedModel(PreTrainedModel):
@@ -177,8 +179,12 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         tokenizer=None,
         symmetrization: str = "multi_equitune",
         average: str = "log_probs",
+        **options,
     ):
-        """Wrap an in-memory model; word groups are resolved with `tokenizer`. The model's weights are shared."""
+        """Wrap an in-memory model; word groups are resolved with `tokenizer`. The model's weights are shared.
+
+        `options` are further `EquivariantConfig` settings (`deduplicate`, `max_inner_rows`, ...).
+        """
         if isinstance(model, EquivariantPreTrainedModel):
             raise ValueError("the model is already equivariant; wrap its inner model (`.model`) instead")
         if not isinstance(model, PreTrainedModel):
@@ -190,7 +196,7 @@ class EquivariantPreTrainedModel(PreTrainedModel):
             groups=[f.to_dict() for f in factors],
             symmetrization=symmetrization,
             average=average,
-            base_model=model.name_or_path or None,
+            **{"base_model": model.name_or_path or None, **options},
         )
         return cls(config, model=model)
 
@@ -208,11 +214,14 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         """Load a saved equivariant model, or a plain base checkpoint made equivariant with `groups=`.
 
         For a base checkpoint the tokenizer that resolves word groups is loaded from the same place
-        unless `tokenizer` is given. `symmetrization` and `average` override the saved choice.
+        unless `tokenizer` is given. `symmetrization`, `average` and the other `EquivariantConfig`
+        settings given as keywords (`deduplicate=False`, `max_inner_rows=...`) override the saved
+        choice; the remaining keywords go to the inner model's loading, as in transformers.
         """
         hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         config = kwargs.pop("config", None) or AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-        options = {k: v for k, v in (("symmetrization", symmetrization), ("average", average)) if v is not None}
+        options = {k: kwargs.pop(k) for k in CONFIG_OPTIONS if k in kwargs}
+        options.update((k, v) for k, v in (("symmetrization", symmetrization), ("average", average)) if v is not None)
         if config.model_type == EquivariantConfig.model_type:  # (remote code loads its own copy of the class)
             if groups is not None:
                 raise ValueError(

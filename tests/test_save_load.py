@@ -153,6 +153,30 @@ def test_saved_classes_must_agree_with_the_orbits(model, tmp_path, edit, message
             load(tmp_path)
 
 
+# Every setting EquivariantConfig adds, given as a keyword on loading.
+OVERRIDES = dict(symmetrization="equitune", average="probs", deduplicate=False, max_inner_rows=2, use_cache=False,
+                 base_model="user/base")
+
+
+def check_overrides(loaded, batch):
+    assert {name: getattr(loaded.config, name) for name in OVERRIDES} == OVERRIDES
+    assert loaded.num_copies == 6
+    reference = make_equivariant(loaded.model, loaded.config.factors, symmetrization="equitune", average="probs")
+    torch.testing.assert_close(loaded(**batch).logits, reference(**batch).logits)
+
+
+@pytest.mark.parametrize("load", LOADERS)
+def test_config_settings_override_the_saved_ones_on_load(model, batch, tmp_path, load):
+    model.save_pretrained(tmp_path)
+    check_overrides(load(tmp_path, **OVERRIDES), batch)
+
+
+def test_config_settings_apply_to_a_base_checkpoint(base_checkpoint, batch):
+    loaded = EquivariantModelForCausalLM.from_pretrained(base_checkpoint, groups=GROUPS, **OVERRIDES)
+    check_overrides(loaded, batch)
+    assert not hasattr(loaded.model.config, "deduplicate")  # the settings are the wrapper's, not the inner model's
+
+
 def test_remote_code_loads_without_the_library(model, batch, tmp_path, monkeypatch):
     monkeypatch.setattr(EquivariantConfig, "_auto_class", None)
     monkeypatch.setattr(EquivariantModelForCausalLM, "_auto_class", None)
