@@ -33,6 +33,7 @@ HUB_KWARGS = (
 PLAN_BUFFERS = ("plan_support", "plan_lookup", "plan_input_maps", "plan_weights", "plan_mixing")
 # The settings EquivariantConfig adds (symmetrization, average, deduplicate, ...): from_pretrained overrides.
 CONFIG_OPTIONS = tuple(name for name in EquivariantConfig.__annotations__ if name not in ("text_config", "groups"))
+SPECIAL_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 
 
 class EquivariantPreTrainedModel(PreTrainedModel):
@@ -64,10 +65,31 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         config.text_config._attn_implementation = model.config._attn_implementation
         model.config = config.text_config
         self.model = model
+        self._refuse_moved_special_tokens()
         device = model.get_input_embeddings().weight.device  # where input ids go (a GPU model's plan goes there too)
         for name, tensor in self._plan_tensors().items():
             self.register_buffer(name, tensor.to(device), persistent=False)
         self.post_init()
+
+    def _refuse_moved_special_tokens(self):
+        """Refuse a group that moves a bos, eos, pad or decoder-start token of the inner config or generation config.
+
+        generate() starts with, stops at and pads with these ids as they are, never as g·id, so with
+        such a token in an orbit M(g·x) = g·M(x) would fail for generated sequences.
+        """
+        moved = {t: (f.name, orbit) for f in self.config.factors for orbit in f.orbits for t in orbit}
+        sources = (self.model.config, self.model.generation_config, self.generation_config)
+        for source in filter(None, sources):
+            for name in SPECIAL_TOKEN_IDS:
+                value = getattr(source, name, None)
+                for token in value if isinstance(value, (list, tuple)) else [value]:
+                    if token in moved:
+                        group, orbit = moved[token]
+                        raise ValueError(
+                            f"{type(source).__name__}.{name} = {value!r} holds token {token}, which group {group!r} "
+                            f"moves (orbit {list(orbit)}): generation uses it unmoved, so the model would not be "
+                            f"equivariant; take its word out of the group or give the model another {name}"
+                        )
 
     def _plan_tensors(self) -> dict[str, torch.Tensor]:
         with torch.device("cpu"):  # from_pretrained builds the model under a meta-device context
@@ -229,7 +251,10 @@ class EquivariantPreTrainedModel(PreTrainedModel):
                     f"{[f.name for f in config.factors]}); load it without groups=, or load its base model"
                 )
             config = EquivariantConfig(**{**config.to_dict(), **options}) if options else config
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+            # the saved generation config is read after __init__ checked the special tokens: check it too
+            (loaded[0] if isinstance(loaded, tuple) else loaded)._refuse_moved_special_tokens()
+            return loaded
         if groups is None:
             raise ValueError(
                 f"{pretrained_model_name_or_path} is a plain {config.model_type} checkpoint: pass groups=[...] "
