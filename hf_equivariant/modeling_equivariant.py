@@ -272,13 +272,16 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         return equivariant_model_card(self.config, tags=[*(self.model_tags or []), *(tags or [])], repo_id=repo_id)
 
     def save_pretrained(self, save_directory, is_main_process: bool = True, push_to_hub: bool = False, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus a README.md model card describing the groups."""
-        from .modelcard import TEMPLATE
+        """`PreTrainedModel.save_pretrained`, plus a README.md model card describing the groups.
+
+        A README.md the user wrote in `save_directory` is kept: the groups section is merged into it.
+        """
+        from .modelcard import TEMPLATE, save_model_card
 
         hub_options = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "create_pr", "private") if k in kwargs}
         super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
         if is_main_process and TEMPLATE.exists():  # the template ships with the library, not with remote code
-            self.model_card().save(os.path.join(save_directory, "README.md"))
+            save_model_card(self.model_card(), os.path.join(save_directory, "README.md"))
         if push_to_hub and is_main_process:
             repo_id = hub_options.pop("repo_id", os.path.basename(os.path.abspath(save_directory)))
             self.push_to_hub(repo_id, token=kwargs.get("token"), **hub_options)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -245,6 +246,41 @@ def test_save_pretrained_writes_the_card_and_can_push(model, mocked_hub, tmp_pat
     meta = front_matter(tmp_path / "local" / "README.md")
     assert "group:gender" in meta["tags"] and "base_model" not in meta  # a local base is not a Hub id
     assert "group:race" in front_matter(mocked_hub / "README.md")["tags"]
+
+
+USER_CARD = "---\nlicense: mit\nbase_model: someone/base\ntags:\n- mine\n---\n\n# My model\n\nMy own words.\n"
+
+
+@pytest.mark.parametrize("user_card", [USER_CARD, "# My model\n\nMy own words.\n"], ids=["metadata", "no-metadata"])
+def test_save_pretrained_merges_the_groups_into_a_card_the_user_wrote(model, tokenizer, tmp_path, user_card):
+    readme = tmp_path / "README.md"
+    readme.write_text(user_card)
+    model.save_pretrained(tmp_path)
+    race_only = make_equivariant(model.model, [WordSwapGroup("race", RACE_CLASSES)], tokenizer=tokenizer)
+    race_only.save_pretrained(tmp_path)  # a second save updates the section it added, once
+    text = readme.read_text()
+    assert text.count("My own words.") == 1 and text.count("## Groups") == 1 and "hf-equivariant:groups" in text
+    assert "### `race`" in text and "### `gender`" not in text
+    meta = front_matter(readme)
+    assert {"hf-equivariant", "group:race", "group:gender"} <= set(meta["tags"])  # tags are only ever added
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
+    if user_card == USER_CARD:
+        assert meta["license"] == "mit" and meta["base_model"] == "someone/base" and "mine" in meta["tags"]
+
+
+def test_a_card_we_wrote_is_rewritten_until_the_user_claims_it(model, tokenizer, tmp_path):
+    readme = tmp_path / "README.md"
+    model.save_pretrained(tmp_path)
+    race_only = make_equivariant(model.model, [WordSwapGroup("race", RACE_CLASSES)], tokenizer=tokenizer)
+    race_only.save_pretrained(tmp_path)
+    assert readme.read_text() == str(race_only.model_card())  # ours: rewritten whole
+    # deleting the "Written by hf-equivariant" comment makes the card the user's
+    claimed = re.sub(r"<!-- Written by hf-equivariant.*?-->", "", readme.read_text(), flags=re.DOTALL)
+    readme.write_text(claimed + "\nMy notes.\n")
+    model.save_pretrained(tmp_path)
+    text = readme.read_text()
+    assert "My notes." in text and text.count("## Groups") == 1 and "### `gender`" in text
+    assert "Written by hf-equivariant" not in text
 
 
 def test_presets_card_lists_every_group(tokenizer, base_model):
