@@ -62,14 +62,13 @@ class WordSwapGroup:
     skip_missing: bool = False
 
     def __post_init__(self):
-        if isinstance(self.classes, str) or any(isinstance(words, str) for words in self.classes):
-            # tuple("Black") would silently become the letters B, l, a, c, k
-            flat = [self.classes] if isinstance(self.classes, str) else list(self.classes)
+        given = [self.classes] if isinstance(self.classes, str) else list(self.classes)
+        if any(isinstance(words, str) for words in given):  # tuple("Black") would be the letters B, l, a, c, k
             raise ValueError(
                 f"group {self.name!r}: each class must be a list or tuple of words, not a string, got classes "
-                f"{flat!r}; for one word per class write {[[w] if isinstance(w, str) else w for w in flat]!r}"
+                f"{given!r}; for one word per class write {[[w] if isinstance(w, str) else w for w in given]!r}"
             )
-        classes = tuple(tuple(words) for words in self.classes)
+        classes = tuple(tuple(words) for words in given)
         object.__setattr__(self, "classes", classes)
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"a group needs a non-empty name, got {self.name!r}")

@@ -12,6 +12,7 @@ def ids(tokenizer, *words):
 def test_cyclic_and_symmetric_elements():
     race = WordSwapGroup("race", RACE_CLASSES)
     assert race.order == 3
+    assert WordSwapGroup("race", (words for words in RACE_CLASSES)).classes == race.classes  # any iterable
     sym = WordSwapGroup("race", RACE_CLASSES, kind="symmetric")
     assert sym.order == 6
 
