@@ -73,7 +73,7 @@ def equivariant_model_card(config: EquivariantConfig, tags: list[str] | None = N
 def save_model_card(card: ModelCard, path: str) -> None:
     """Write `card` to `path` unless a card written by someone else is there: then merge it into that one.
 
-    A README.md that does not open with our `GENERATED` line is the user's (as peft does, we update it
+    A README.md without our `GENERATED` comment is the user's (as peft does, we update it
     rather than replace it): it keeps its text and metadata; it gets our groups section (in place of the
     one an earlier save added, else at its end), our tags and, where it names none, our metadata.
     """
