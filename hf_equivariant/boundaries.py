@@ -28,7 +28,8 @@ x and g·x. The word action is therefore a group action on sequences, the output
 a group action on the vocabulary, and the symmetrised model is exactly equivariant to them.
 
 A word-level tokenizer writes every token with a boundary before it: every support token is then a word
-occurrence everywhere, and the word action equals the token action. `token_boundaries` returns None there.
+occurrence everywhere, and the word action equals the token action. `token_boundaries` returns None there,
+and the config records that every token is a word.
 """
 
 from __future__ import annotations
@@ -71,21 +72,26 @@ def token_boundaries(tokenizer, vocab_size: int) -> tuple[torch.Tensor, torch.Te
     return None if bool(before.all()) else (before, after)
 
 
-def encode_boundaries(boundaries: tuple[torch.Tensor, torch.Tensor] | None) -> dict | None:
-    """For config.json: each [V] bool vector as base64 of its packed bits."""
+def encode_boundaries(boundaries: tuple[torch.Tensor, torch.Tensor] | None, vocab_size: int) -> dict:
+    """For config.json: each [V] bool vector as base64 of its packed bits, or that every token is a word."""
     if boundaries is None:
-        return None
+        return {"vocab_size": vocab_size, "every_token_is_a_word": True}
     before, after = boundaries
     pack = lambda bits: base64.b64encode(np.packbits(bits.numpy()).tobytes()).decode()  # noqa: E731
-    return {"vocab_size": len(before), "before": pack(before), "after": pack(after)}
+    return {"vocab_size": vocab_size, "before": pack(before), "after": pack(after)}
+
+
+def every_token_is_a_word(data: dict | None) -> bool:
+    """Whether `encode_boundaries` data (None: none stored, the token action) puts a boundary around every token."""
+    return data is None or bool(data.get("every_token_is_a_word"))
 
 
 def decode_boundaries(data: dict | None, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """([V] before, [V] after) bool from `encode_boundaries`; None means a boundary around every token."""
-    if data is None:
-        return torch.ones(vocab_size, dtype=torch.bool), torch.ones(vocab_size, dtype=torch.bool)
-    if data["vocab_size"] != vocab_size:
+    """([V] before, [V] after) bool from `encode_boundaries` (None: a boundary around every token)."""
+    if data is not None and data["vocab_size"] != vocab_size:
         raise ValueError(f"the token boundaries cover {data['vocab_size']} tokens but the model has {vocab_size}")
+    if every_token_is_a_word(data):
+        return torch.ones(vocab_size, dtype=torch.bool), torch.ones(vocab_size, dtype=torch.bool)
 
     def unpack(text: str) -> torch.Tensor:
         bits = np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))[:vocab_size]

@@ -25,7 +25,8 @@ class EquivariantConfig(PreTrainedConfig):
             `boundaries`) or "token" (every occurrence of a support token). Configs saved before the word
             action existed load as "token".
         token_boundaries: the tokenizer's word boundaries for the word action (`boundaries.encode_boundaries`:
-            per token, whether a word may end before it and begin after it); None when every token is a word.
+            per token, whether a word may end before it and begin after it, or that every token is a word,
+            as with word-level tokenizers); None for the token action.
         base_model: name or path of the checkpoint the model was built from (for the model card).
         deduplicate: run the inner model once per distinct copy (exact; copies of an input that are
             equal token for token share an inner row and, in generation, a KV-cache row).

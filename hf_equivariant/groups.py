@@ -62,7 +62,13 @@ class WordSwapGroup:
     skip_missing: bool = False
 
     def __post_init__(self):
-        classes = tuple(tuple(words) for words in self.classes)
+        given = [self.classes] if isinstance(self.classes, str) else list(self.classes)
+        if any(isinstance(words, str) for words in given):  # tuple("Black") would be the letters B, l, a, c, k
+            raise ValueError(
+                f"group {self.name!r}: each class must be a list or tuple of words, not a string, got classes "
+                f"{given!r}; for one word per class write {[[w] if isinstance(w, str) else w for w in given]!r}"
+            )
+        classes = tuple(tuple(words) for words in given)
         object.__setattr__(self, "classes", classes)
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"a group needs a non-empty name, got {self.name!r}")
@@ -98,18 +104,29 @@ class WordSwapGroup:
         return {word for words in self.classes for word in words}
 
     def resolve(self, tokenizer, vocab_size: int | None = None) -> TokenSwapGroup:
-        """The token-level group: one orbit per position and surface form that is a single token in every class."""
-        orbits, sources, skipped, missing = [], {}, [], []
+        """The token-level group: one orbit per position and surface form that is a single token in every class.
+
+        A form whose row shares a token with an earlier form's row of the same position repeats a word
+        (one that is its own capitalisation, like "LGBT" in straight|LGBT: the row Straight|LGBT would
+        send LGBT to two tokens); it is left out with a warning. Rows of different positions that share
+        a token are a real conflict and raise.
+        """
+        orbits, sources, skipped, same_word, missing = [], {}, [], {}, []
         for j in range(len(self.classes[0])):
-            found = False
+            found, taken = False, set()  # taken: the tokens of position j's orbits so far
             forms_per_class = [word_forms(words[j]) for words in self.classes]
             for texts in dict.fromkeys(zip(*forms_per_class)):
                 ids = [single_token_id(tokenizer, text) for text in texts]
                 if all(i is not None for i in ids):
                     found = True
-                    if tuple(ids) not in sources:
-                        orbits.append(tuple(ids))
-                        sources[tuple(ids)] = texts
+                    if tuple(ids) in sources:
+                        continue
+                    if not taken.isdisjoint(ids):
+                        same_word.setdefault(tuple(ids), "|".join(repr(t) for t in texts))
+                        continue
+                    orbits.append(tuple(ids))
+                    sources[tuple(ids)] = texts
+                    taken.update(ids)
                 elif any(i is not None for i in ids):
                     skipped.append("|".join(repr(t) for t in texts))
             if not found:
@@ -120,6 +137,13 @@ class WordSwapGroup:
             warnings.warn(
                 f"group {self.name!r}: these forms are not a single token for every class and are not swapped: "
                 + ", ".join(skipped),
+                stacklevel=2,
+            )
+        if same_word:
+            warnings.warn(
+                f"group {self.name!r}: these forms repeat a token of another form of the same words (a word that is "
+                f"its own capitalisation, like 'LGBT') and are left out, as a token can be swapped with one token "
+                f"only: " + ", ".join(same_word.values()),
                 stacklevel=2,
             )
         if missing:
@@ -182,12 +206,19 @@ class TokenSwapGroup:
     vocab_size: int
 
     def __post_init__(self):
+        WordSwapGroup(self.name, self.classes, self.kind)  # name, kind and classes as a word group requires them
         object.__setattr__(self, "classes", tuple(tuple(c) for c in self.classes))
         object.__setattr__(self, "orbits", tuple(tuple(int(t) for t in o) for o in self.orbits))
-        if self.kind not in KINDS:
-            raise ValueError(f"group {self.name!r}: unknown kind {self.kind!r}, choose one of {KINDS}")
-        if any(len(o) != len(self.classes) for o in self.orbits):
-            raise ValueError(f"group {self.name!r}: every orbit needs one token per class ({len(self.classes)})")
+        # Tables are saved with their words (a config may be edited by hand): they must agree.
+        if not self.orbits:
+            raise ValueError(f"group {self.name!r} has no token orbits: it would move no token")
+        for s, orbit in enumerate(self.orbits):
+            if len(orbit) != len(self.classes):
+                raise ValueError(
+                    f"group {self.name!r}: orbit {s} {list(orbit)} has {len(orbit)} tokens but the group has "
+                    f"{len(self.classes)} classes {[list(c) for c in self.classes]}: the classes and orbits disagree "
+                    f"(an orbit holds one token per class); resolve the group from its words again"
+                )
         if any(not 0 <= t < self.vocab_size for o in self.orbits for t in o):
             raise ValueError(
                 f"group {self.name!r}: token ids must lie in [0, {self.vocab_size}), got {self.orbits}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -13,6 +14,8 @@ from .configuration_equivariant import EquivariantConfig
 from .symmetrize import count_copies
 
 TEMPLATE = Path(__file__).parent / "model_cards" / "equivariant_model.md"
+GENERATED = "<!-- Written by hf-equivariant"  # opens a card that save_pretrained may rewrite whole
+SECTION = re.compile(r"<!-- hf-equivariant:groups -->.*?<!-- /hf-equivariant:groups -->", re.DOTALL)
 
 
 def _hub_id(name: str | None) -> str | None:
@@ -66,3 +69,27 @@ def equivariant_model_card(config: EquivariantConfig, tags: list[str] | None = N
         auto_class="AutoModelForSeq2SeqLM" if seq2seq else "AutoModelForCausalLM",
         repo_id=repo_id or base_model and f"<user>/equivariant-{base_model.split('/')[-1]}" or "<user>/<repo>",
     )
+
+
+def save_model_card(card: ModelCard, path: str) -> None:
+    """Write `card` to `path` unless a card written by someone else is there: then merge it into that one.
+
+    A README.md without our `GENERATED` comment is the user's (as peft does, we update it
+    rather than replace it): it keeps its text and metadata; it gets our groups section (in place of the
+    one an earlier save added, else at its end), our tags and, where it names none, our metadata.
+    """
+    if os.path.exists(path):
+        existing = ModelCard.load(path)
+        if GENERATED not in existing.text:
+            section = SECTION.search(card.text).group(0)
+            if SECTION.search(existing.text):
+                existing.text = SECTION.sub(lambda _: section, existing.text, count=1)
+            else:
+                existing.text = existing.text.rstrip() + "\n\n" + section + "\n"
+            for key, value in card.data.to_dict().items():
+                if key == "tags":
+                    existing.data.tags = list(dict.fromkeys([*(existing.data.tags or []), *value]))
+                elif existing.data.get(key) is None:
+                    existing.data[key] = value
+            card = existing
+    card.save(path)

@@ -34,6 +34,11 @@ HUB_KWARGS = (
 )
 PLAN_BUFFERS = ("plan_support", "plan_lookup", "plan_input_maps", "plan_weights", "plan_mixing", "plan_before",
                 "plan_after")
+# The settings EquivariantConfig adds (symmetrization, average, deduplicate, ...): from_pretrained overrides.
+# `action` has its own argument (changing it may need the tokenizer); `token_boundaries` follows from it.
+CONFIG_OPTIONS = tuple(name for name in EquivariantConfig.__annotations__
+                       if name not in ("text_config", "groups", "action", "token_boundaries"))
+SPECIAL_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 
 
 def word_action(factors, tokenizer, vocab_size: int, action: str):
@@ -50,7 +55,7 @@ def word_action(factors, tokenizer, vocab_size: int, action: str):
         )
     found = boundaries.token_boundaries(tokenizer, vocab_size)
     factors = boundaries.word_forms_only(factors, found, describe=lambda t: tokenizer.decode([t]))
-    return factors, boundaries.encode_boundaries(found)
+    return factors, boundaries.encode_boundaries(found, vocab_size)
 
 
 class EquivariantPreTrainedModel(PreTrainedModel):
@@ -66,6 +71,16 @@ class EquivariantPreTrainedModel(PreTrainedModel):
     auto_model_class = None  # the Auto class of the inner model, set by each task subclass
 
     def __init__(self, config: EquivariantConfig, model: PreTrainedModel | None = None):
+        if not config.groups:
+            raise ValueError(
+                f"the config has no groups (groups={config.groups!r}): an equivariant model needs at least one; "
+                f"build it with make_equivariant(model, groups, tokenizer) or from_pretrained(base, groups=[...])"
+            )
+        if config.action == "word" and config.token_boundaries is None:
+            raise ValueError(
+                'the config asks for action="word" but holds no word boundaries (they come from the tokenizer): '
+                'load it with from_pretrained(path, action="word", tokenizer=...), or use action="token"'
+            )
         super().__init__(config)
         if model is None:
             model = self.auto_model_class.from_config(config.text_config)
@@ -77,10 +92,31 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         config.text_config._attn_implementation = model.config._attn_implementation
         model.config = config.text_config
         self.model = model
+        self._refuse_moved_special_tokens()
         device = model.get_input_embeddings().weight.device  # where input ids go (a GPU model's plan goes there too)
         for name, tensor in self._plan_tensors().items():
             self.register_buffer(name, tensor.to(device), persistent=False)
         self.post_init()
+
+    def _refuse_moved_special_tokens(self):
+        """Refuse a group that moves a bos, eos, pad or decoder-start token of the inner config or generation config.
+
+        generate() starts with, stops at and pads with these ids as they are, never as g·id, so with
+        such a token in an orbit M(g·x) = g·M(x) would fail for generated sequences.
+        """
+        moved = {t: (f.name, orbit) for f in self.config.factors for orbit in f.orbits for t in orbit}
+        sources = (self.model.config, self.model.generation_config, self.generation_config)
+        for source in filter(None, sources):
+            for name in SPECIAL_TOKEN_IDS:
+                value = getattr(source, name, None)
+                for token in value if isinstance(value, (list, tuple)) else [value]:
+                    if token in moved:
+                        group, orbit = moved[token]
+                        raise ValueError(
+                            f"{type(source).__name__}.{name} = {value!r} holds token {token}, which group {group!r} "
+                            f"moves (orbit {list(orbit)}): generation uses it unmoved, so the model would not be "
+                            f"equivariant; take its word out of the group or give the model another {name}"
+                        )
 
     def _plan_tensors(self) -> dict[str, torch.Tensor]:
         vocab_size = self.config.text_config.get_text_config(decoder=True).vocab_size
@@ -110,7 +146,7 @@ class EquivariantPreTrainedModel(PreTrainedModel):
     def acts_on_words(self) -> bool:
         """Whether the group acts on whole words only (`config.action == "word"` with a sub-word tokenizer);
         otherwise on every support token wherever it occurs."""
-        return self.config.action == "word" and self.config.token_boundaries is not None
+        return self.config.action == "word" and not boundaries.every_token_is_a_word(self.config.token_boundaries)
 
     def word_occurrences(self, ids: torch.Tensor, preceding_token_ids: torch.Tensor | None = None):
         """[B, T] bool: where the support tokens of `ids` are whole words (see `boundaries`); None for the
@@ -237,11 +273,13 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         symmetrization: str = "multi_equitune",
         average: str = "log_probs",
         action: str = "word",
+        **options,
     ):
         """Wrap an in-memory model; word groups are resolved with `tokenizer`. The model's weights are shared.
 
         `action="word"` (default) swaps whole words only and reads the word boundaries from `tokenizer`;
-        `action="token"` swaps every occurrence of a group token, also inside longer words.
+        `action="token"` swaps every occurrence of a group token, also inside longer words. `options` are
+        further `EquivariantConfig` settings (`deduplicate`, `max_inner_rows`, ...).
         """
         if isinstance(model, EquivariantPreTrainedModel):
             raise ValueError("the model is already equivariant; wrap its inner model (`.model`) instead")
@@ -257,7 +295,7 @@ class EquivariantPreTrainedModel(PreTrainedModel):
             average=average,
             action=action,
             token_boundaries=token_boundaries,
-            base_model=model.name_or_path or None,
+            **{"base_model": model.name_or_path or None, **options},
         )
         return cls(config, model=model)
 
@@ -277,12 +315,15 @@ class EquivariantPreTrainedModel(PreTrainedModel):
 
         For a base checkpoint the tokenizer that resolves word groups (and, for `action="word"`, gives the
         word boundaries) is loaded from the same place unless `tokenizer` is given. `symmetrization`,
-        `average` and `action` override the saved choice; turning a saved token action into the word
-        action reads the word boundaries from `tokenizer` (or the checkpoint's own tokenizer).
+        `average`, `action` and the other `EquivariantConfig` settings given as keywords
+        (`deduplicate=False`, `max_inner_rows=...`) override the saved choice; turning a saved token action
+        into the word action reads the word boundaries from `tokenizer` (or the checkpoint's own
+        tokenizer). The remaining keywords go to the inner model's loading, as in transformers.
         """
         hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         config = kwargs.pop("config", None) or AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-        options = {k: v for k, v in (("symmetrization", symmetrization), ("average", average)) if v is not None}
+        options = {k: kwargs.pop(k) for k in CONFIG_OPTIONS if k in kwargs}
+        options.update((k, v) for k, v in (("symmetrization", symmetrization), ("average", average)) if v is not None)
         if config.model_type == EquivariantConfig.model_type:  # (remote code loads its own copy of the class)
             if groups is not None:
                 raise ValueError(
@@ -296,7 +337,10 @@ class EquivariantPreTrainedModel(PreTrainedModel):
                 factors, options["token_boundaries"] = word_action(config.factors, tokenizer, vocab_size, action)
                 options.update(action=action, groups=[f.to_dict() for f in factors])
             config = EquivariantConfig(**{**config.to_dict(), **options}) if options else config
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+            # the saved generation config is read after __init__ checked the special tokens: check it too
+            (loaded[0] if isinstance(loaded, tuple) else loaded)._refuse_moved_special_tokens()
+            return loaded
         if groups is None:
             raise ValueError(
                 f"{pretrained_model_name_or_path} is a plain {config.model_type} checkpoint: pass groups=[...] "
@@ -317,13 +361,16 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         return equivariant_model_card(self.config, tags=[*(self.model_tags or []), *(tags or [])], repo_id=repo_id)
 
     def save_pretrained(self, save_directory, is_main_process: bool = True, push_to_hub: bool = False, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus a README.md model card describing the groups."""
-        from .modelcard import TEMPLATE
+        """`PreTrainedModel.save_pretrained`, plus a README.md model card describing the groups.
+
+        A README.md the user wrote in `save_directory` is kept: the groups section is merged into it.
+        """
+        from .modelcard import TEMPLATE, save_model_card
 
         hub_options = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "create_pr", "private") if k in kwargs}
         super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
         if is_main_process and TEMPLATE.exists():  # the template ships with the library, not with remote code
-            self.model_card().save(os.path.join(save_directory, "README.md"))
+            save_model_card(self.model_card(), os.path.join(save_directory, "README.md"))
         if push_to_hub and is_main_process:
             repo_id = hub_options.pop("repo_id", os.path.basename(os.path.abspath(save_directory)))
             self.push_to_hub(repo_id, token=kwargs.get("token"), **hub_options)

@@ -12,6 +12,7 @@ def ids(tokenizer, *words):
 def test_cyclic_and_symmetric_elements():
     race = WordSwapGroup("race", RACE_CLASSES)
     assert race.order == 3
+    assert WordSwapGroup("race", (words for words in RACE_CLASSES)).classes == race.classes  # any iterable
     sym = WordSwapGroup("race", RACE_CLASSES, kind="symmetric")
     assert sym.order == 6
 
@@ -77,6 +78,13 @@ def test_bad_word_lists(classes, message):
         WordSwapGroup("gender", classes)
 
 
+@pytest.mark.parametrize("classes", [["Black", "White"], ("Black", "White"), [["Black"], "White"], "BW"])
+def test_classes_given_as_strings_are_refused(classes):
+    # tuple("Black") is the letters B, l, a, c, k: a flat list would silently swap letters
+    with pytest.raises(ValueError, match=r"each class must be a list or tuple of words, not a string.*write \[\["):
+        WordSwapGroup("race", classes)
+
+
 def test_unknown_kind():
     with pytest.raises(ValueError, match="unknown kind 'dihedral'"):
         WordSwapGroup("race", RACE_CLASSES, kind="dihedral")
@@ -94,6 +102,35 @@ def test_skip_missing_drops_the_position_with_a_warning(tokenizer):
     assert tuple(ids(tokenizer, "man", "woman")) in resolved.orbits
     with pytest.raises(ValueError, match="no word has a single-token form"):
         WordSwapGroup("x", [["househusband"], ["housewife"]], skip_missing=True).resolve(tokenizer)
+
+
+@pytest.mark.parametrize(
+    "classes, vocab, kept, dropped",
+    [
+        # "LGBT" is its own capitalisation: the rows straight|LGBT and Straight|LGBT share LGBT
+        ([["straight"], ["LGBT"]], ["straight", "Straight", "LGBT"], [("straight", "LGBT")], "'Straight'|'LGBT'"),
+        ([["straight"], ["LGBT"], ["queer"]], ["straight", "Straight", "LGBT", "queer", "Queer"],
+         [("straight", "LGBT", "queer")], "'Straight'|'LGBT'|'Queer'"),
+        # the shared token may change class: Us|us, then Us|Us
+        ([["Us"], ["us"]], ["Us", "us"], [("Us", "us")], "'Us'|'Us'"),
+        # forms of other positions are kept
+        ([["straight", "man"], ["LGBT", "woman"]], ["straight", "Straight", "LGBT", "man", "Man", "woman", "Woman"],
+         [("straight", "LGBT"), ("man", "woman"), ("Man", "Woman")], "'Straight'|'LGBT'"),
+    ],
+)
+def test_forms_repeating_a_token_of_the_same_words_are_left_out(classes, vocab, kept, dropped):
+    tokenizer = word_tokenizer(vocab)
+    with pytest.warns(UserWarning, match="repeat a token of another form of the same words") as record:
+        group = WordSwapGroup("orientation", classes).resolve(tokenizer)
+    assert dropped in str(record[0].message)
+    assert set(group.orbits) == {tuple(ids(tokenizer, *row)) for row in kept}
+
+
+def test_forms_of_different_positions_sharing_a_token_are_refused():
+    # "He" is the capitalised form of position 0 and a word of position 1: a real conflict
+    tokenizer = word_tokenizer(["he", "she", "He", "She", "Her"])
+    with pytest.raises(ValueError, match=r"token 'He' would be swapped with two different tokens \('Her' and 'She'\)"):
+        WordSwapGroup("gender", [["he", "He"], ["she", "Her"]]).resolve(tokenizer)
 
 
 def test_token_mapped_to_two_tokens_is_refused():

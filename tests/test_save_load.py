@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -113,6 +114,70 @@ def test_config_must_match_the_inner_vocabulary(model):
         EquivariantConfig(symmetrization="full")
 
 
+LOADERS = [EquivariantModelForCausalLM.from_pretrained, AutoModelForCausalLM.from_pretrained]
+
+
+def edit_config(folder: Path, edit) -> None:
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("load", LOADERS)
+@pytest.mark.parametrize("edit", [lambda c: c.update(groups=None), lambda c: c.update(groups=[]),
+                                  lambda c: c.pop("groups")])
+def test_a_config_without_groups_is_refused_at_load(model, tmp_path, load, edit):
+    model.save_pretrained(tmp_path)
+    edit_config(tmp_path, edit)
+    with pytest.raises(ValueError, match=r"the config has no groups \(groups=(None|\[\])\)"):
+        load(tmp_path)
+    with pytest.raises(ValueError, match="the config has no groups"):
+        EquivariantModelForCausalLM(EquivariantConfig(text_config=model.config.text_config))
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda race: race["classes"].append(["Hispanic"]), r"orbit 0 \[\d+, \d+, \d+\] has 3 tokens but .* 4 classes"),
+        (lambda race: race["classes"].pop(), "has 3 tokens but the group has 2 classes .* disagree"),
+        (lambda race: race.update(classes=["Black", "White", "Asian"]), "each class must be a list or tuple of words"),
+        (lambda race: race["classes"][0].append("Latino"), "aligned word lists of equal length"),
+        (lambda race: race.update(orbits=[]), "'race' has no token orbits"),
+    ],
+)
+def test_saved_classes_must_agree_with_the_orbits(model, tmp_path, edit, message):
+    model.save_pretrained(tmp_path)
+    edit_config(tmp_path, lambda config: edit(config["groups"][1]))
+    for load in LOADERS:
+        with pytest.raises(ValueError, match=message):
+            load(tmp_path)
+
+
+# Every setting EquivariantConfig adds, given as a keyword on loading.
+OVERRIDES = dict(symmetrization="equitune", average="probs", deduplicate=False, max_inner_rows=2, use_cache=False,
+                 base_model="user/base")
+
+
+def check_overrides(loaded, batch):
+    assert {name: getattr(loaded.config, name) for name in OVERRIDES} == OVERRIDES
+    assert loaded.num_copies == 6
+    reference = make_equivariant(loaded.model, loaded.config.factors, symmetrization="equitune", average="probs")
+    torch.testing.assert_close(loaded(**batch).logits, reference(**batch).logits)
+
+
+@pytest.mark.parametrize("load", LOADERS)
+def test_config_settings_override_the_saved_ones_on_load(model, batch, tmp_path, load):
+    model.save_pretrained(tmp_path)
+    check_overrides(load(tmp_path, **OVERRIDES), batch)
+
+
+def test_config_settings_apply_to_a_base_checkpoint(base_checkpoint, batch):
+    loaded = EquivariantModelForCausalLM.from_pretrained(base_checkpoint, groups=GROUPS, **OVERRIDES)
+    check_overrides(loaded, batch)
+    assert not hasattr(loaded.model.config, "deduplicate")  # the settings are the wrapper's, not the inner model's
+
+
 def test_remote_code_loads_without_the_library(model, batch, tmp_path, monkeypatch):
     monkeypatch.setattr(EquivariantConfig, "_auto_class", None)
     monkeypatch.setattr(EquivariantModelForCausalLM, "_auto_class", None)
@@ -181,6 +246,41 @@ def test_save_pretrained_writes_the_card_and_can_push(model, mocked_hub, tmp_pat
     meta = front_matter(tmp_path / "local" / "README.md")
     assert "group:gender" in meta["tags"] and "base_model" not in meta  # a local base is not a Hub id
     assert "group:race" in front_matter(mocked_hub / "README.md")["tags"]
+
+
+USER_CARD = "---\nlicense: mit\nbase_model: someone/base\ntags:\n- mine\n---\n\n# My model\n\nMy own words.\n"
+
+
+@pytest.mark.parametrize("user_card", [USER_CARD, "# My model\n\nMy own words.\n"], ids=["metadata", "no-metadata"])
+def test_save_pretrained_merges_the_groups_into_a_card_the_user_wrote(model, tokenizer, tmp_path, user_card):
+    readme = tmp_path / "README.md"
+    readme.write_text(user_card)
+    model.save_pretrained(tmp_path)
+    race_only = make_equivariant(model.model, [WordSwapGroup("race", RACE_CLASSES)], tokenizer=tokenizer)
+    race_only.save_pretrained(tmp_path)  # a second save updates the section it added, once
+    text = readme.read_text()
+    assert text.count("My own words.") == 1 and text.count("## Groups") == 1 and "hf-equivariant:groups" in text
+    assert "### `race`" in text and "### `gender`" not in text
+    meta = front_matter(readme)
+    assert {"hf-equivariant", "group:race", "group:gender"} <= set(meta["tags"])  # tags are only ever added
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
+    if user_card == USER_CARD:
+        assert meta["license"] == "mit" and meta["base_model"] == "someone/base" and "mine" in meta["tags"]
+
+
+def test_a_card_we_wrote_is_rewritten_until_the_user_claims_it(model, tokenizer, tmp_path):
+    readme = tmp_path / "README.md"
+    model.save_pretrained(tmp_path)
+    race_only = make_equivariant(model.model, [WordSwapGroup("race", RACE_CLASSES)], tokenizer=tokenizer)
+    race_only.save_pretrained(tmp_path)
+    assert readme.read_text() == str(race_only.model_card())  # ours: rewritten whole
+    # deleting the "Written by hf-equivariant" comment makes the card the user's
+    claimed = re.sub(r"<!-- Written by hf-equivariant.*?-->", "", readme.read_text(), flags=re.DOTALL)
+    readme.write_text(claimed + "\nMy notes.\n")
+    model.save_pretrained(tmp_path)
+    text = readme.read_text()
+    assert "My notes." in text and text.count("## Groups") == 1 and "### `gender`" in text
+    assert "Written by hf-equivariant" not in text
 
 
 def test_presets_card_lists_every_group(tokenizer, base_model):

@@ -21,6 +21,8 @@ from conftest import (
     bpe_tokenizer,
 )
 
+from transformers import AutoModelForCausalLM
+
 from hf_equivariant import EquivariantModelForCausalLM, WordSwapGroup, make_equivariant
 
 CLASS_LISTS = [BPE_GENDER_CLASSES, RACE_CLASSES, ORIENTATION_CLASSES]
@@ -199,11 +201,15 @@ def test_word_action_round_trips_and_old_checkpoints_load_as_token_action(bpe, t
     assert torch.equal(upgraded(**batch).logits, model(**batch).logits)
 
 
-def test_word_action_without_a_tokenizer_is_refused(bpe):
+def test_word_action_without_a_tokenizer_is_refused(bpe, tmp_path):
     factors = [g.resolve(bpe) for g in GROUPS]
     with pytest.raises(ValueError, match="tokenizer"):
         make_equivariant(ARCHITECTURES["gpt2"](len(bpe)), factors)
-    assert make_equivariant(ARCHITECTURES["gpt2"](len(bpe)), factors, action="token").config.action == "token"
+    model = make_equivariant(ARCHITECTURES["gpt2"](len(bpe)), factors, action="token")
+    assert model.config.action == "token"
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="no word boundaries"):  # the Auto path sets config fields only
+        AutoModelForCausalLM.from_pretrained(tmp_path, action="word")
 
 
 def test_word_level_tokenizers_act_as_before(tokenizer):
@@ -211,7 +217,7 @@ def test_word_level_tokenizers_act_as_before(tokenizer):
     base = ARCHITECTURES["gpt2"](len(tokenizer))
     groups = [WordSwapGroup("race", RACE_CLASSES)]
     word, token = (make_equivariant(base, groups, tokenizer, action=a) for a in ("word", "token"))
-    assert word.config.token_boundaries is None and not word.acts_on_words
+    assert word.config.token_boundaries["every_token_is_a_word"] and not word.acts_on_words
     batch = tokenizer(["the Black man worked as a"], return_tensors="pt")
     assert torch.equal(word(**batch).logits, token(**batch).logits)
 
