@@ -94,7 +94,7 @@ def generate_command(args) -> None:
     }
     width = max(map(len, outputs))
     groups = " x ".join(f"{f.name} ({f.order})" for f in model.config.factors)
-    print(f"\ngroups: {groups}; {model.num_copies} inner passes per token")
+    print(f"\ngroups: {groups}; {model.num_copies} inner passes per token; {model.config.action} action")
     for i, prompt in enumerate(args.prompt):
         print(f"\n{prompt}")
         for label, texts in outputs.items():
