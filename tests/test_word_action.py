@@ -231,3 +231,35 @@ def test_glued_words_counts_group_words_continued_by_a_piece(bpe):
     assert count("the Blackstone and heather") == 2  # " Black"+"s", " he"+"a"
     assert count("Hispanics met the Black man") == 1  # "His"+"p"
     assert count("a salesman, the Black man. His son") == 0  # "man" ends "salesman" but begins no word
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["static", "compiled-static"])
+def test_static_cache_generation_with_the_word_action(bpe, oracle, compiled):
+    """The glue mask and the preceding token reach the (compiled) static-cache decoding steps."""
+    from transformers import CompileConfig
+
+    model = wrapped(ARCHITECTURES["llama"], bpe)
+    batch = bpe(TIE_FREE_PROMPTS, return_tensors="pt", padding=True)
+    dynamic = model.generate(**batch, max_new_tokens=8, do_sample=False)
+    options = {}
+    if compiled:
+        options["compile_config"] = CompileConfig(mode="default", dynamic=False)
+        options["compile_config"]._compile_all_devices = True
+        torch._dynamo.reset()
+    static = model.generate(**batch, max_new_tokens=8, do_sample=False, cache_implementation="static", **options)
+    assert torch.equal(static, dynamic)
+    assert_no_glued_words(oracle, static, batch["input_ids"].shape[1])
+
+
+def test_forms_that_begin_or_end_words_differently_are_dropped():
+    from hf_equivariant import TokenSwapGroup
+    from hf_equivariant.boundaries import word_forms_only
+
+    group = TokenSwapGroup("g", "cyclic", [["a", "b"], ["c", "d"]], [(1, 2), (3, 4)], vocab_size=6)
+    before = torch.tensor([True, True, True, True, False, True])  # token 4 continues a word, its partner 3 does not
+    after = torch.ones(6, dtype=torch.bool)
+    with pytest.warns(UserWarning, match="begin or end words differently"):
+        (kept,) = word_forms_only([group], (before, after))
+    assert kept.orbits == ((1, 2),)
+    with pytest.raises(ValueError, match="none can be swapped"):
+        word_forms_only([TokenSwapGroup("h", "cyclic", [["c"], ["d"]], [(3, 4)], vocab_size=6)], (before, after))
