@@ -1,6 +1,7 @@
 """hf-equivariant: exactly equivariant HuggingFace language models over products of word-swap groups."""
 
 from . import presets
+from .check import check_equivariance
 from .configuration_equivariant import EquivariantConfig
 from .groups import TokenSwapGroup, WordSwapGroup, resolve_groups
 from .modeling_causal import EquiGPT2LMHeadModel, EquivariantModelForCausalLM
@@ -18,6 +19,7 @@ __all__ = [
     "EquivariantModelForSeq2SeqLM",
     "EquivariantPreTrainedModel",
     "TokenSwapGroup",
+    "check_equivariance",
     "WordSwapGroup",
     "make_equivariant",
     "presets",

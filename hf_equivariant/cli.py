@@ -145,6 +145,35 @@ def fairness_command(args) -> None:
     print(f"written: {out / 'report.md'}, {out / 'sentiment.png'}, generations_*.jsonl")
 
 
+def check_command(args) -> None:
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    from .check import check_equivariance
+    from .modeling_equivariant import EquivariantPreTrainedModel
+
+    if not Path(args.model).is_dir():
+        raise SystemExit(f"error: --model {args.model!r} is not a folder; give the folder of a saved equivariant model")
+    seq2seq = AutoConfig.from_pretrained(args.model).is_encoder_decoder
+    model = (AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_pretrained(args.model)
+    if not isinstance(model, EquivariantPreTrainedModel):
+        raise SystemExit(f"error: {args.model} holds a plain {model.config.model_type} model, not an equivariant one")
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model, padding_side="left")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    factors = model.config.factors
+    prompts = args.prompt or [" ".join(f.classes[c % len(f.classes)][0] for f in factors) for c in range(4)]
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True)
+    if seq2seq:
+        inputs["decoder_input_ids"] = inputs["input_ids"]
+    try:
+        errors = check_equivariance(model, dict(inputs), atol=args.atol)
+    except AssertionError as failure:
+        raise SystemExit(f"FAILED: {failure}") from None
+    for name, error in errors.items():
+        print(f"{error:.2e}  {name}")
+    print(f"equivariant within {args.atol} for all {len(errors)} elements ({model.config.action} action)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-equivariant", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -188,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--d-model", type=int, default=128)
     scan.add_argument("--layers", type=int, default=3)
     scan.set_defaults(run=scan_command)
+    check = commands.add_parser("check", help="equivariance error of a saved equivariant model, per group element")
+    check.add_argument("--model", required=True, help="folder of a saved equivariant model")
+    check.add_argument("--tokenizer", help="tokenizer folder or id (default: the model folder)")
+    check.add_argument("--prompt", action="append", help="an input (repeat; default: sentences of group words)")
+    check.add_argument("--atol", type=float, default=1e-4)
+    check.set_defaults(run=check_command)
     return parser
 
 
