@@ -141,6 +141,15 @@ class EquivariantPreTrainedModel(PreTrainedModel):
             output.cache.copy_rows = rows
         return combined, output
 
+    def prepare_inputs_for_generation(self, input_ids, **kwargs):
+        """The inner model's own preparation of a decoding step, on the B input rows; `forward` maps them to copies.
+
+        The inner model knows what its forward needs (Mamba drops the padding mask on cached steps, Phi-3
+        restarts its cache past its original context, Bloom keeps a 2-D mask with static caches, ...). It
+        sees the same cache object, which it only queries (length) or drops.
+        """
+        return self.model.prepare_inputs_for_generation(input_ids, **kwargs)
+
     def _reorder_cache(self, cache, beam_idx: torch.Tensor):
         """Beam search reorders B rows: the copy rows follow, and the cache keeps the rows still used."""
         index = expand_rows(beam_idx, self.num_copies, beam_idx.shape[0])

@@ -1,8 +1,16 @@
-"""Exact equivariance of the causal wrapper (logits and generation) on tiny GPT-2 and Llama models."""
+"""Exact equivariance of the causal wrapper (logits and generation) on tiny models of several architectures."""
 
 import pytest
 import torch
-from conftest import GENDER_CLASSES, PROMPTS, RACE_CLASSES, all_elements, element_permutation, tiny_llama
+from conftest import (
+    ALL_ARCHITECTURES,
+    GENDER_CLASSES,
+    PROMPTS,
+    RACE_CLASSES,
+    all_elements,
+    element_permutation,
+    tiny_llama,
+)
 from transformers import CompileConfig
 
 from hf_equivariant import EquiGPT2LMHeadModel, EquivariantModelForCausalLM, WordSwapGroup, make_equivariant
@@ -208,6 +216,27 @@ def test_wrapping_twice_is_refused(base_model, tokenizer):
     model = wrap(base_model, tokenizer, "equitune")
     with pytest.raises(ValueError, match="already equivariant"):
         EquivariantModelForCausalLM.from_base_model(model, [WordSwapGroup("race", RACE_CLASSES)], tokenizer)
+
+
+@pytest.mark.parametrize("architecture", sorted(ALL_ARCHITECTURES))
+def test_generation_follows_the_inner_models_input_preparation(tokenizer, architecture):
+    """Cached decoding gives the scores of uncached decoding, and greedy generation is equivariant, on a
+    left-padded batch, also where the inner model prepares its own inputs (Mamba drops the padding mask on
+    cached steps; Phi-3 and PhiMoE with longrope restart their cache past their original context)."""
+    model = wrap(ALL_ARCHITECTURES[architecture](len(tokenizer)), tokenizer, "multi_equitune")
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    options = dict(max_new_tokens=8, do_sample=False, return_dict_in_generate=True, output_scores=True)
+    cached = model.generate(**batch, **options)
+    uncached = model.generate(**batch, use_cache=False, **options)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    torch.testing.assert_close(torch.stack(cached.scores), torch.stack(uncached.scores), atol=1e-4, rtol=1e-4)
+    original = getattr(model.config.text_config, "original_max_position_embeddings", None)
+    assert original is None or batch["input_ids"].shape[1] < original < cached.sequences.shape[1]
+    for g in all_elements(CLASS_LISTS)[1:]:
+        p = element_permutation(tokenizer, CLASS_LISTS, g)
+        moved = model.generate(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"],
+                               max_new_tokens=8, do_sample=False)
+        assert torch.equal(moved, p[cached.sequences]), g
 
 
 def test_static_cache_gives_the_same_tokens(base_model, tokenizer):
