@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, GenerationMixin
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils.deprecation import deprecate_kwarg
 
-from .modeling_equivariant import EquivariantPreTrainedModel
+from .modeling_equivariant import EquivariantPreTrainedModel, batch_rows
 
 
 class EquivariantModelForCausalLM(EquivariantPreTrainedModel, GenerationMixin):
@@ -53,17 +53,15 @@ class EquivariantModelForCausalLM(EquivariantPreTrainedModel, GenerationMixin):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         copies = self.transform_ids(input_ids)
         rows = self.copy_rows(copies, input_ids.shape[0], cache)
-        owners = rows.owners
+        per_row = dict(attention_mask=attention_mask, position_ids=position_ids, **kwargs)
 
         def run_inner(block):
             return self.model(
                 input_ids=copies[rows.representatives[block]],
-                attention_mask=None if attention_mask is None else attention_mask[owners[block]],
-                position_ids=None if position_ids is None else position_ids[owners[block]],
                 cache=cache,
                 use_cache=use_cache,
                 return_dict=True,
-                **kwargs,
+                **batch_rows(per_row, rows.owners[block], input_ids.shape[0]),
             )
 
         logits, outputs = self.symmetrised_logits(run_inner, rows, uses_cache=use_cache or cache is not None)

@@ -31,6 +31,23 @@ HUB_KWARGS = (
     "gguf_file",
 )
 PLAN_BUFFERS = ("plan_support", "plan_lookup", "plan_input_maps", "plan_weights", "plan_mixing")
+UNBATCHED = frozenset({"cache_position", "logits_to_keep"})  # tensors over positions, whatever their length
+
+
+def batch_rows(value, index: torch.Tensor, batch_size: int):
+    """`value` with every part shaped like the batch taken at rows `index` (an index over the B input rows).
+
+    A tensor whose first dimension is B (a 2-D or 4-D attention mask, position or token-type ids) becomes
+    `value[index]`; dicts (a mask per layer type, keyword arguments), tuples and lists are mapped
+    recursively, except the `UNBATCHED` keys of a dict; anything else (caches, flags) is returned as it is.
+    """
+    if isinstance(value, torch.Tensor):
+        return value[index] if value.dim() > 0 and value.shape[0] == batch_size else value
+    if isinstance(value, dict):
+        return {k: v if k in UNBATCHED else batch_rows(v, index, batch_size) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(batch_rows(v, index, batch_size) for v in value)
+    return value
 
 
 class EquivariantPreTrainedModel(PreTrainedModel):
@@ -149,6 +166,10 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         sees the same cache object, which it only queries (length) or drops.
         """
         return self.model.prepare_inputs_for_generation(input_ids, **kwargs)
+
+    def _validate_model_kwargs(self, model_kwargs: dict):
+        """generate() accepts what the inner model accepts (`token_type_ids`, ...): its preparation takes them."""
+        self.model._validate_model_kwargs(model_kwargs)
 
     def _reorder_cache(self, cache, beam_idx: torch.Tensor):
         """Beam search reorders B rows: the copy rows follow, and the cache keeps the rows still used."""

@@ -16,7 +16,7 @@ from transformers.loss.loss_utils import fixed_cross_entropy
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.utils.deprecation import deprecate_kwarg
 
-from .modeling_equivariant import EquivariantPreTrainedModel
+from .modeling_equivariant import EquivariantPreTrainedModel, batch_rows
 
 
 class CopiesEncoder(nn.Module):
@@ -38,7 +38,7 @@ class CopiesEncoder(nn.Module):
         rows = wrapper.copy_rows(copies, input_ids.shape[0])
         encoded = wrapper.model.get_encoder()(
             input_ids=copies[rows.representatives],
-            attention_mask=None if attention_mask is None else attention_mask[rows.owners],
+            attention_mask=batch_rows(attention_mask, rows.owners, input_ids.shape[0]),
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
@@ -105,20 +105,17 @@ class EquivariantModelForSeq2SeqLM(EquivariantPreTrainedModel, GenerationMixin):
             encoded_as = torch.unique(hidden.flatten(1), dim=0, return_inverse=True)[1]
             keys = torch.cat([encoded_as[:, None], decoder_copies], dim=1)
         rows = self.copy_rows(keys, decoder_input_ids.shape[0], cache)
-        owners = rows.owners
+        per_row = dict(attention_mask=attention_mask, decoder_attention_mask=decoder_attention_mask, **kwargs)
 
         def run_inner(block):
             inner_rows = rows.representatives[block]
             return self.model(
                 encoder_outputs=BaseModelOutput(last_hidden_state=hidden[inner_rows]),
-                attention_mask=None if attention_mask is None else attention_mask[owners[block]],
                 decoder_input_ids=decoder_copies[inner_rows],
-                decoder_attention_mask=None if decoder_attention_mask is None else decoder_attention_mask[
-                    owners[block]],
                 cache=cache,
                 use_cache=use_cache,
                 return_dict=True,
-                **kwargs,
+                **batch_rows(per_row, rows.owners[block], decoder_input_ids.shape[0]),
             )
 
         logits, outputs = self.symmetrised_logits(run_inner, rows, uses_cache=use_cache or cache is not None)

@@ -9,11 +9,13 @@ from conftest import (
     RACE_CLASSES,
     all_elements,
     element_permutation,
+    tiny_gpt2,
     tiny_llama,
 )
 from transformers import CompileConfig
 
 from hf_equivariant import EquiGPT2LMHeadModel, EquivariantModelForCausalLM, WordSwapGroup, make_equivariant
+from hf_equivariant.modeling_equivariant import batch_rows
 
 CLASS_LISTS = [GENDER_CLASSES, RACE_CLASSES]
 SYMMETRIZATIONS = ["equitune", "multi_equitune"]
@@ -239,12 +241,41 @@ def test_generation_follows_the_inner_models_input_preparation(tokenizer, archit
         assert torch.equal(moved, p[cached.sequences]), g
 
 
-def test_static_cache_gives_the_same_tokens(base_model, tokenizer):
-    model = wrap(base_model, tokenizer, "multi_equitune")  # deduplication steps aside for compileable caches
+@pytest.mark.parametrize("architecture", sorted(ALL_ARCHITECTURES))
+def test_static_cache_gives_the_same_tokens(tokenizer, architecture):
+    """Static caches get their masks from the inner model (a dict per layer type, Bloom's 2-D mask); every
+    batch-shaped input reaches the copies. Deduplication steps aside for compileable caches."""
+    model = wrap(ALL_ARCHITECTURES[architecture](len(tokenizer)), tokenizer, "multi_equitune")
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     dynamic = model.generate(**batch, max_new_tokens=6, do_sample=False)
     assert torch.equal(model.generate(**batch, max_new_tokens=6, do_sample=False, cache_implementation="static"),
                        dynamic)
+
+
+def test_token_type_ids_reach_every_copy(tokenizer):
+    """GPT-2 adds token-type embeddings: a batch of 3 gives the rows it gives one by one."""
+    model = wrap(tiny_gpt2(len(tokenizer)), tokenizer, "multi_equitune")
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    types = torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"]) % 2
+    together = model(**batch, token_type_ids=types).logits
+    assert not torch.allclose(together, model(**batch).logits)
+    for i in range(len(PROMPTS)):
+        alone = model(**{k: v[i:i + 1] for k, v in batch.items()}, token_type_ids=types[i:i + 1]).logits
+        torch.testing.assert_close(alone[0], together[i], atol=1e-5, rtol=1e-5)
+    out = model.generate(**batch, token_type_ids=types, max_new_tokens=4, do_sample=False)
+    assert out.shape == (len(PROMPTS), batch["input_ids"].shape[1] + 4)
+
+
+def test_batch_rows_maps_every_batch_shaped_value():
+    index, mask = torch.tensor([0, 1, 1, 0]), torch.tensor([[1, 1], [0, 1]])
+    value = {"mask": mask, "masks": {"full": mask[:, None], "sliding": None}, "pair": (mask, [mask]),
+             "cache_position": torch.arange(2), "scalar": torch.tensor(3), "other": torch.zeros(3, 2), "flag": True}
+    rows = batch_rows(value, index, batch_size=2)
+    assert torch.equal(rows["mask"], mask[index]) and torch.equal(rows["masks"]["full"], mask[index][:, None])
+    assert rows["masks"]["sliding"] is None and rows["flag"] is True
+    assert torch.equal(rows["pair"][0], mask[index]) and torch.equal(rows["pair"][1][0], mask[index])
+    for unchanged in ("cache_position", "scalar", "other"):  # positions, not rows; not shaped like the batch
+        assert rows[unchanged] is value[unchanged]
 
 
 def test_compiled_static_cache_generation_gives_the_same_tokens(tokenizer):

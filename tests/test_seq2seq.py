@@ -74,6 +74,12 @@ def test_beam_search_with_cache_equals_without(seq2seq_model, seq2seq_tokenizer,
     assert torch.equal(cached, model.generate(**options, use_cache=False))
 
 
+def test_static_cache_gives_the_same_tokens(seq2seq_model, seq2seq_tokenizer, batch):
+    model = wrap(seq2seq_model, seq2seq_tokenizer)
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=6)
+    assert torch.equal(model.generate(**inputs, cache_implementation="static"), model.generate(**inputs))
+
+
 def test_loss_is_the_unshifted_cross_entropy_of_the_symmetrised_distribution(seq2seq_model, seq2seq_tokenizer,
                                                                              batch):
     model = wrap(seq2seq_model, seq2seq_tokenizer)
