@@ -31,6 +31,7 @@ HUB_KWARGS = (
     "gguf_file",
 )
 PLAN_BUFFERS = ("plan_support", "plan_lookup", "plan_input_maps", "plan_weights", "plan_mixing")
+FLOAT_PLAN_BUFFERS = ("plan_weights", "plan_mixing")  # float32 whatever the model's dtype
 UNBATCHED = frozenset({"cache_position", "logits_to_keep"})  # tensors over positions, whatever their length
 
 
@@ -91,6 +92,16 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         if module is self:
             for name, tensor in self._plan_tensors().items():
                 init.copy_(getattr(self, name), tensor)
+
+    def _apply(self, fn, recurse=True):
+        """Behind .to(), .half(), .bfloat16(), .double(), .cuda(): the plan moves with the model, but its float
+        tensors (plan_weights, plan_mixing) keep float32, the precision `combine` computes in."""
+        plan = {name: self._buffers[name] for name in FLOAT_PLAN_BUFFERS if name in self._buffers}
+        super()._apply(fn, recurse)
+        for name, before in plan.items():
+            after = self._buffers[name]
+            self._buffers[name] = after if after.dtype == before.dtype else before.to(after.device)
+        return self
 
     @property
     def plan(self) -> CopyPlan:

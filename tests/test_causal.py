@@ -48,6 +48,21 @@ def test_logits_are_equivariant_for_every_element(base_model, tokenizer, symmetr
     assert error <= 1e-4
 
 
+@pytest.mark.parametrize("architecture", ["gpt2", "llama", "qwen2", "mamba"])  # (gemma2, bloom: NaN pads in float64)
+@pytest.mark.parametrize("cast, dtype, tolerance", [
+    (lambda model: model.to(torch.bfloat16), torch.bfloat16, 1e-2),
+    (lambda model: model.half(), torch.float16, 1e-2),
+    (lambda model: model.double(), torch.float64, 1e-5),
+], ids=["to-bfloat16", "half", "double"])
+def test_casting_the_model_keeps_the_plan_in_float32(tokenizer, architecture, cast, dtype, tolerance):
+    """Casts reach the inner model only: the plan's weights stay in float32, where combine() computes."""
+    model = cast(wrap(ALL_ARCHITECTURES[architecture](len(tokenizer)), tokenizer, "multi_equitune"))
+    assert model.model.dtype == dtype
+    assert model.plan_weights.dtype == model.plan_mixing.dtype == torch.float32
+    error, _ = equivariance_error(model, tokenizer)
+    assert error <= tolerance
+
+
 def test_negative_control_the_base_model_is_not_equivariant(base_model, tokenizer):
     error, _ = equivariance_error(base_model, tokenizer)
     assert error > 1e-2
