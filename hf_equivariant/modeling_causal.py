@@ -50,7 +50,7 @@ class EquivariantModelForCausalLM(EquivariantPreTrainedModel, GenerationMixin):
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         if logits_to_keep:
             kwargs["logits_to_keep"] = logits_to_keep
-        use_cache = self.config.use_cache if use_cache is None else use_cache
+        use_cache = self.resolve_use_cache(use_cache, labels)
         copies = self.transform_ids(input_ids)
         rows = self.copy_rows(copies, input_ids.shape[0], cache)
         per_row = dict(attention_mask=attention_mask, position_ids=position_ids, **kwargs)

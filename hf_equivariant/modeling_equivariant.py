@@ -144,6 +144,13 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         """Whether copies share inner rows: `config.deduplicate`, except with compileable (static) caches."""
         return self.config.deduplicate and not (cache is not None and cache.is_compileable)
 
+    def resolve_use_cache(self, use_cache: bool | None, labels=None) -> bool:
+        """`use_cache`, by default `config.use_cache` except in training passes (labels given, or the inner model in
+        train mode): these return no KV cache, so that `config.max_inner_rows` splits their inner rows."""
+        if use_cache is not None:
+            return use_cache
+        return bool(self.config.use_cache) and labels is None and not self.model.training
+
     def inner_blocks(self, num_rows: int, uses_cache: bool) -> list[slice]:
         """Blocks of inner rows per inner call: at most `config.max_inner_rows` unless a KV cache is used."""
         cap = self.config.max_inner_rows

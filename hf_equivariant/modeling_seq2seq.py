@@ -97,7 +97,7 @@ class EquivariantModelForSeq2SeqLM(EquivariantPreTrainedModel, GenerationMixin):
                 raise ValueError("pass input_ids (or encoder_outputs of every copy)")
             encoder_outputs = self.get_encoder()(input_ids, attention_mask)
         hidden = encoder_outputs[0]  # [K*B, S, H]
-        use_cache = self.config.use_cache if use_cache is None else use_cache
+        use_cache = self.resolve_use_cache(use_cache, labels)
         decoder_copies = self.transform_ids(decoder_input_ids)
         keys = decoder_copies
         if self.deduplicates(cache) and getattr(cache, "copy_rows", None) is None:
