@@ -200,6 +200,26 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         cache.reorder_cache(kept)
         return cache
 
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """The inner model's `resize_token_embeddings`; then the groups (their `vocab_size` in the config) and
+        the copy plan follow the new vocabulary, whose added tokens no group moves. Refuses a size that
+        would drop a token the groups move."""
+        last = int(self.plan_support.max())
+        if new_num_tokens is not None:
+            multiple = pad_to_multiple_of or 1
+            size = -(-new_num_tokens // multiple) * multiple
+            if size <= last:
+                raise ValueError(
+                    f"cannot resize the vocabulary to {size} tokens: the groups "
+                    f"{[f.name for f in self.config.factors]} move token {last}; keep at least {last + 1} tokens"
+                )
+        embeddings = self.model.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        vocab_size = self.config.text_config.get_text_config(decoder=True).vocab_size
+        self.config.groups = [{**group, "vocab_size": vocab_size} for group in self.config.groups]
+        for name, tensor in self._plan_tensors().items():
+            self.register_buffer(name, tensor.to(self.plan_lookup.device), persistent=False)
+        return embeddings
+
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
 
