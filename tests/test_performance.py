@@ -163,7 +163,8 @@ def test_training_passes_respect_the_row_cap_and_return_no_cache(tokenizer, arch
 
 def test_two_process_data_parallel_training_keeps_replicas_equal_and_equivariant(tmp_path):
     script = Path(__file__).with_name("ddp_training.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    tests = Path(__file__).parent  # and the library under test, not an installed copy
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)])}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
          str(script), str(tmp_path)],
