@@ -70,7 +70,8 @@ class EquivariantModelForCausalLM(EquivariantPreTrainedModel, GenerationMixin):
             loss = self.loss_function(
                 logits, labels, vocab_size=logits.shape[-1], num_items_in_batch=num_items_in_batch
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
+                                      hidden_states=outputs.get("hidden_states"), attentions=outputs.get("attentions"))
 
 
 class EquiGPT2LMHeadModel(EquivariantModelForCausalLM):

@@ -32,6 +32,8 @@ HUB_KWARGS = (
 )
 PLAN_BUFFERS = ("plan_support", "plan_lookup", "plan_input_maps", "plan_weights", "plan_mixing")
 FLOAT_PLAN_BUFFERS = ("plan_weights", "plan_mixing")  # float32 whatever the model's dtype
+# Per-layer outputs of the inner model, returned for one copy of each input row (see symmetrised_logits).
+LAYER_OUTPUTS = ("hidden_states", "attentions", "decoder_hidden_states", "decoder_attentions", "cross_attentions")
 UNBATCHED = frozenset({"cache_position", "logits_to_keep"})  # tensors over positions, whatever their length
 
 
@@ -161,17 +163,25 @@ class EquivariantPreTrainedModel(PreTrainedModel):
     def symmetrised_logits(self, run_inner, rows: CopyRows, uses_cache: bool):
         """Run `run_inner(block)` (the inner model on a block of inner rows) block by block and combine.
 
-        Returns (symmetrised [B, ..., V] logits, the last inner output, whose cache now maps every copy row).
+        Returns (symmetrised [B, ..., V] logits, the last inner output, whose cache now maps every copy row
+        and whose per-layer outputs (`LAYER_OUTPUTS`, when asked for) are those of copy 0 of each input row,
+        B rows). Copy 0 is the input itself for equitune and for one factor; for multi_equitune with several
+        factors it is the input with every factor but the first canonicalised (their words replaced by the
+        class-0 word of their orbit). Per-layer outputs are not symmetrised.
         """
-        last = {}
+        last, layers = {}, []
 
         def logits(block):
-            last["output"] = run_inner(block)
-            return last["output"].logits
+            output = last["output"] = run_inner(block)
+            layers.append({name: output[name] for name in LAYER_OUTPUTS if output.get(name) is not None})
+            return output.logits
 
         combined = combine(map(logits, self.inner_blocks(rows.num_rows, uses_cache)), self.plan, rows,
                            self.config.average)
         output = last["output"]
+        copy_zero = rows.inverse[: rows.batch_size]  # the inner row of copy 0 of each input row
+        for name in layers[0]:
+            output[name] = tuple(torch.cat(layer)[copy_zero] for layer in zip(*(block[name] for block in layers)))
         if output.cache is not None and self.deduplicates(output.cache):
             output.cache.copy_rows = rows
         return combined, output

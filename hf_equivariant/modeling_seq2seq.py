@@ -21,7 +21,8 @@ from .modeling_equivariant import EquivariantPreTrainedModel, batch_rows
 
 class CopiesEncoder(nn.Module):
     """The inner encoder applied to every copy of the input: B rows in, K*B rows out (copy-major),
-    computed once per distinct copy.
+    computed once per distinct copy. Hidden states and attentions, when asked for, are those of copy 0
+    (B rows; see `EquivariantPreTrainedModel.symmetrised_logits`).
 
     Its signature is explicit (no **kwargs): generate() passes an encoder only the arguments it names,
     which keeps `labels` and other decoder inputs away from it.
@@ -43,12 +44,15 @@ class CopiesEncoder(nn.Module):
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
-        return BaseModelOutput(**{name: _rows(value, rows.inverse) for name, value in encoded.items()})
+        copy_zero = rows.inverse[: input_ids.shape[0]]  # per-layer outputs: copy 0 of each row, as in the decoder
+        return BaseModelOutput(last_hidden_state=encoded.last_hidden_state[rows.inverse],
+                               hidden_states=_rows(encoded.hidden_states, copy_zero),
+                               attentions=_rows(encoded.attentions, copy_zero))
 
 
-def _rows(value, index):
-    """Rows `index` of a tensor, or of each tensor of a tuple (hidden states, attentions)."""
-    return value[index] if isinstance(value, torch.Tensor) else tuple(v[index] for v in value)
+def _rows(layers, index):
+    """Rows `index` of each tensor of a tuple (hidden states, attentions), or None."""
+    return None if layers is None else tuple(layer[index] for layer in layers)
 
 
 class EquivariantModelForSeq2SeqLM(EquivariantPreTrainedModel, GenerationMixin):
@@ -95,7 +99,8 @@ class EquivariantModelForSeq2SeqLM(EquivariantPreTrainedModel, GenerationMixin):
         if encoder_outputs is None:
             if input_ids is None:
                 raise ValueError("pass input_ids (or encoder_outputs of every copy)")
-            encoder_outputs = self.get_encoder()(input_ids, attention_mask)
+            encoder_outputs = self.get_encoder()(input_ids, attention_mask, kwargs.get("output_attentions"),
+                                                 kwargs.get("output_hidden_states"))
         hidden = encoder_outputs[0]  # [K*B, S, H]
         use_cache = self.resolve_use_cache(use_cache, labels)
         decoder_copies = self.transform_ids(decoder_input_ids)
@@ -122,4 +127,9 @@ class EquivariantModelForSeq2SeqLM(EquivariantPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = fixed_cross_entropy(logits.flatten(0, 1), labels.flatten().to(logits.device), num_items_in_batch)
-        return Seq2SeqLMOutput(loss=loss, logits=logits, cache=outputs.cache)
+        return Seq2SeqLMOutput(
+            loss=loss, logits=logits, cache=outputs.cache, decoder_hidden_states=outputs.get("decoder_hidden_states"),
+            decoder_attentions=outputs.get("decoder_attentions"), cross_attentions=outputs.get("cross_attentions"),
+            encoder_hidden_states=getattr(encoder_outputs, "hidden_states", None),
+            encoder_attentions=getattr(encoder_outputs, "attentions", None),
+        )

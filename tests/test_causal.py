@@ -146,6 +146,35 @@ def test_greedy_generation_is_equivariant(base_model, tokenizer, symmetrization)
         assert torch.equal(moved, p[out]), g
 
 
+def canonical_race(texts):
+    """The texts with every race word replaced by the class-0 word "Black" (an independent oracle)."""
+    return [t.replace("White", "Black").replace("Asian", "Black") for t in texts]
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama", "mamba"])
+@pytest.mark.parametrize("symmetrization", SYMMETRIZATIONS)
+@pytest.mark.parametrize("cap", [None, 2])
+def test_hidden_states_and_attentions_are_those_of_copy_zero(tokenizer, architecture, symmetrization, cap):
+    """Copy 0 is the input for equitune; for multi_equitune over (gender, race) it is the input with race
+    canonicalised. Its hidden states and attentions come back for every input row, also over capped blocks."""
+    base = ALL_ARCHITECTURES[architecture](len(tokenizer))
+    model = wrap(base, tokenizer, symmetrization)
+    model.config.max_inner_rows = cap
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    flags = dict(output_hidden_states=True, output_attentions=architecture != "mamba")
+    out = model(**batch, use_cache=cap is None, **flags)
+    copy_zero = PROMPTS if symmetrization == "equitune" else canonical_race(PROMPTS)
+    expected = base(**tokenizer(copy_zero, return_tensors="pt", padding=True), **flags)
+    assert out.hidden_states is not None and (out.attentions is not None) == flags["output_attentions"]
+    for name in ("hidden_states", "attentions"):
+        assert len(out.get(name) or ()) == len(expected.get(name) or ())
+        for mine, reference in zip(out.get(name) or (), expected.get(name) or ()):
+            assert mine.shape[0] == len(PROMPTS)
+            torch.testing.assert_close(mine, reference, atol=1e-5, rtol=1e-5)
+    generated = model.generate(**batch, max_new_tokens=2, do_sample=False, return_dict_in_generate=True, **flags)
+    assert all(h.shape[0] == len(PROMPTS) for step in generated.hidden_states for h in step)
+
+
 def test_negative_control_base_generation_is_not_equivariant(base_model, tokenizer):
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     out = base_model.generate(**batch, max_new_tokens=8, do_sample=False)
