@@ -31,7 +31,7 @@ class EquivariantConfig(PreTrainedConfig):
         deduplicate: run the inner model once per distinct copy (exact; copies of an input that are
             equal token for token share an inner row and, in generation, a KV-cache row).
         max_inner_rows: at most this many inner rows per inner call in passes that use no KV cache
-            (training, scoring, use_cache=False), to bound memory; None for no cap.
+            (use_cache=False; by default passes with labels or in train mode), to bound memory; None for no cap.
     """
 
     model_type = "hf_equivariant"

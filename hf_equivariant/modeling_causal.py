@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, GenerationMixin
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils.deprecation import deprecate_kwarg
 
-from .modeling_equivariant import EquivariantPreTrainedModel
+from .modeling_equivariant import EquivariantPreTrainedModel, batch_rows
 
 
 class EquivariantModelForCausalLM(EquivariantPreTrainedModel, GenerationMixin):
@@ -57,22 +57,20 @@ class EquivariantModelForCausalLM(EquivariantPreTrainedModel, GenerationMixin):
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         if logits_to_keep:
             kwargs["logits_to_keep"] = logits_to_keep
-        use_cache = self.config.use_cache if use_cache is None else use_cache
+        use_cache = self.resolve_use_cache(use_cache, labels)
         self.check_preceding_token_ids(preceding_token_ids, cache)
         occurrences = self.word_occurrences(input_ids, preceding_token_ids)
         copies = self.transform_ids(input_ids, occurrences)
         rows = self.copy_rows(copies, input_ids.shape[0], cache)
-        owners = rows.owners
+        per_row = dict(attention_mask=attention_mask, position_ids=position_ids, **kwargs)
 
         def run_inner(block):
             return self.model(
                 input_ids=copies[rows.representatives[block]],
-                attention_mask=None if attention_mask is None else attention_mask[owners[block]],
-                position_ids=None if position_ids is None else position_ids[owners[block]],
                 cache=cache,
                 use_cache=use_cache,
                 return_dict=True,
-                **kwargs,
+                **batch_rows(per_row, rows.owners[block], input_ids.shape[0]),
             )
 
         logits, outputs = self.symmetrised_logits(run_inner, rows, use_cache or cache is not None, input_ids,
@@ -82,7 +80,8 @@ class EquivariantModelForCausalLM(EquivariantPreTrainedModel, GenerationMixin):
             loss = self.loss_function(
                 logits, labels, vocab_size=logits.shape[-1], num_items_in_batch=num_items_in_batch
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
+                                      hidden_states=outputs.get("hidden_states"), attentions=outputs.get("attentions"))
 
 
 class EquiGPT2LMHeadModel(EquivariantModelForCausalLM):

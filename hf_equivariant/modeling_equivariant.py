@@ -34,6 +34,10 @@ HUB_KWARGS = (
 )
 PLAN_BUFFERS = ("plan_support", "plan_lookup", "plan_input_maps", "plan_weights", "plan_mixing", "plan_before",
                 "plan_after")
+FLOAT_PLAN_BUFFERS = ("plan_weights", "plan_mixing")  # float32 whatever the model's dtype
+# Per-layer outputs of the inner model, returned for one copy of each input row (see symmetrised_logits).
+LAYER_OUTPUTS = ("hidden_states", "attentions", "decoder_hidden_states", "decoder_attentions", "cross_attentions")
+UNBATCHED = frozenset({"cache_position", "logits_to_keep"})  # tensors over positions, whatever their length
 # The settings EquivariantConfig adds (symmetrization, average, deduplicate, ...): from_pretrained overrides.
 # `action` has its own argument (changing it may need the tokenizer); `token_boundaries` follows from it.
 CONFIG_OPTIONS = tuple(name for name in EquivariantConfig.__annotations__
@@ -56,6 +60,22 @@ def word_action(factors, tokenizer, vocab_size: int, action: str):
     found = boundaries.token_boundaries(tokenizer, vocab_size)
     factors = boundaries.word_forms_only(factors, found, describe=lambda t: tokenizer.decode([t]))
     return factors, boundaries.encode_boundaries(found, vocab_size)
+
+
+def batch_rows(value, index: torch.Tensor, batch_size: int):
+    """`value` with every part shaped like the batch taken at rows `index` (an index over the B input rows).
+
+    A tensor whose first dimension is B (a 2-D or 4-D attention mask, position or token-type ids) becomes
+    `value[index]`; dicts (a mask per layer type, keyword arguments), tuples and lists are mapped
+    recursively, except the `UNBATCHED` keys of a dict; anything else (caches, flags) is returned as it is.
+    """
+    if isinstance(value, torch.Tensor):
+        return value[index] if value.dim() > 0 and value.shape[0] == batch_size else value
+    if isinstance(value, dict):
+        return {k: v if k in UNBATCHED else batch_rows(v, index, batch_size) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(batch_rows(v, index, batch_size) for v in value)
+    return value
 
 
 class EquivariantPreTrainedModel(PreTrainedModel):
@@ -133,6 +153,16 @@ class EquivariantPreTrainedModel(PreTrainedModel):
             for name, tensor in self._plan_tensors().items():
                 init.copy_(getattr(self, name), tensor)
 
+    def _apply(self, fn, recurse=True):
+        """Behind .to(), .half(), .bfloat16(), .double(), .cuda(): the plan moves with the model, but its float
+        tensors (plan_weights, plan_mixing) keep float32, the precision `combine` computes in."""
+        plan = {name: self._buffers[name] for name in FLOAT_PLAN_BUFFERS if name in self._buffers}
+        super()._apply(fn, recurse)
+        for name, before in plan.items():
+            after = self._buffers[name]
+            self._buffers[name] = after if after.dtype == before.dtype else before.to(after.device)
+        return self
+
     @property
     def plan(self) -> CopyPlan:
         return CopyPlan(self.plan_support, self.plan_input_maps, self.plan_weights, self.plan_mixing)
@@ -168,15 +198,6 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         """[B, T] -> [K*B, T]: every copy of every row, copy-major; only `occurrences` are acted on if given."""
         return transform_ids(ids, self.plan_lookup, self.plan_input_maps, occurrences)
 
-    def prepare_inputs_for_generation(self, input_ids, *args, **kwargs):
-        """The usual inputs, plus the token before the new ones (`preceding_token_ids`) once a cache holds the
-        past: the word action needs it to tell whether a new token begins a word."""
-        inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
-        new = inputs["decoder_input_ids" if self.config.is_encoder_decoder else "input_ids"]
-        if self.acts_on_words and new is not None and input_ids.shape[1] > new.shape[1]:
-            inputs["preceding_token_ids"] = input_ids[:, -new.shape[1] - 1]
-        return inputs
-
     def copy_rows(self, keys: torch.Tensor, batch_size: int, cache=None) -> CopyRows:
         """The inner rows that compute the K*B copy rows, whose histories `keys` ([K*B, L]) describe.
 
@@ -205,6 +226,13 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         """Whether copies share inner rows: `config.deduplicate`, except with compileable (static) caches."""
         return self.config.deduplicate and not (cache is not None and cache.is_compileable)
 
+    def resolve_use_cache(self, use_cache: bool | None, labels=None) -> bool:
+        """`use_cache`, by default `config.use_cache` except in training passes (labels given, or the inner model in
+        train mode): these return no KV cache, so that `config.max_inner_rows` splits their inner rows."""
+        if use_cache is not None:
+            return use_cache
+        return bool(self.config.use_cache) and labels is None and not self.model.training
+
     def inner_blocks(self, num_rows: int, uses_cache: bool) -> list[slice]:
         """Blocks of inner rows per inner call: at most `config.max_inner_rows` unless a KV cache is used."""
         cap = self.config.max_inner_rows
@@ -219,13 +247,18 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         With the word action, `ids` ([B, T], the rows whose next-token scores these are) and their word
         `occurrences` say which support columns are acted on at each position and where glued pieces are
         masked; `logits_to_keep` (as in transformers) says which positions the inner logits cover.
-        Returns (symmetrised [B, ..., V] logits, the last inner output, whose cache now maps every copy row).
+        Returns (symmetrised [B, ..., V] logits, the last inner output, whose cache now maps every copy row
+        and whose per-layer outputs (`LAYER_OUTPUTS`, when asked for) are those of copy 0 of each input row,
+        B rows). Copy 0 is the input itself for equitune and for one factor; for multi_equitune with several
+        factors it is the input with every factor but the first canonicalised (their words replaced by the
+        class-0 word of their orbit). Per-layer outputs are not symmetrised.
         """
-        last = {}
+        last, layers = {}, []
 
         def logits(block):
-            last["output"] = run_inner(block)
-            return last["output"].logits
+            output = last["output"] = run_inner(block)
+            layers.append({name: output[name] for name in LAYER_OUTPUTS if output.get(name) is not None})
+            return output.logits
 
         acted = glued = None
         if occurrences is not None:
@@ -237,9 +270,31 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         if glued is not None:
             combined = boundaries.mask_glued(combined, glued, self.plan_before)
         output = last["output"]
+        copy_zero = rows.inverse[: rows.batch_size]  # the inner row of copy 0 of each input row
+        for name in layers[0]:
+            output[name] = tuple(torch.cat(layer)[copy_zero] for layer in zip(*(block[name] for block in layers)))
         if output.cache is not None and self.deduplicates(output.cache):
             output.cache.copy_rows = rows
         return combined, output
+
+    def prepare_inputs_for_generation(self, input_ids, **kwargs):
+        """The inner model's own preparation of a decoding step, on the B input rows; `forward` maps them to copies.
+
+        The inner model knows what its forward needs (Mamba drops the padding mask on cached steps, Phi-3
+        restarts its cache past its original context, Bloom keeps a 2-D mask with static caches, ...). It
+        sees the same cache object, which it only queries (length) or drops.
+        With the word action it adds the token before the new ones (`preceding_token_ids`) once a cache holds
+        the past: whether a new token begins a word depends on it.
+        """
+        inputs = self.model.prepare_inputs_for_generation(input_ids, **kwargs)
+        new = inputs["decoder_input_ids" if self.config.is_encoder_decoder else "input_ids"]
+        if self.acts_on_words and new is not None and input_ids.shape[1] > new.shape[1]:
+            inputs["preceding_token_ids"] = input_ids[:, -new.shape[1] - 1]
+        return inputs
+
+    def _validate_model_kwargs(self, model_kwargs: dict):
+        """generate() accepts what the inner model accepts (`token_type_ids`, ...): its preparation takes them."""
+        self.model._validate_model_kwargs(model_kwargs)
 
     def _reorder_cache(self, cache, beam_idx: torch.Tensor):
         """Beam search reorders B rows: the copy rows follow, and the cache keeps the rows still used."""
@@ -251,6 +306,26 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         cache.copy_rows, kept = past.reorder(index)
         cache.reorder_cache(kept)
         return cache
+
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """The inner model's `resize_token_embeddings`; then the groups (their `vocab_size` in the config) and
+        the copy plan follow the new vocabulary, whose added tokens no group moves. Refuses a size that
+        would drop a token the groups move."""
+        last = int(self.plan_support.max())
+        if new_num_tokens is not None:
+            multiple = pad_to_multiple_of or 1
+            size = -(-new_num_tokens // multiple) * multiple
+            if size <= last:
+                raise ValueError(
+                    f"cannot resize the vocabulary to {size} tokens: the groups "
+                    f"{[f.name for f in self.config.factors]} move token {last}; keep at least {last + 1} tokens"
+                )
+        embeddings = self.model.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        vocab_size = self.config.text_config.get_text_config(decoder=True).vocab_size
+        self.config.groups = [{**group, "vocab_size": vocab_size} for group in self.config.groups]
+        for name, tensor in self._plan_tensors().items():
+            self.register_buffer(name, tensor.to(self.plan_lookup.device), persistent=False)
+        return embeddings
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()

@@ -17,12 +17,13 @@ from transformers.loss.loss_utils import fixed_cross_entropy
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.utils.deprecation import deprecate_kwarg
 
-from .modeling_equivariant import EquivariantPreTrainedModel
+from .modeling_equivariant import EquivariantPreTrainedModel, batch_rows
 
 
 class CopiesEncoder(nn.Module):
     """The inner encoder applied to every copy of the input: B rows in, K*B rows out (copy-major),
-    computed once per distinct copy.
+    computed once per distinct copy. Hidden states and attentions, when asked for, are those of copy 0
+    (B rows; see `EquivariantPreTrainedModel.symmetrised_logits`).
 
     Its signature is explicit (no **kwargs): generate() passes an encoder only the arguments it names,
     which keeps `labels` and other decoder inputs away from it.
@@ -39,17 +40,20 @@ class CopiesEncoder(nn.Module):
         rows = wrapper.copy_rows(copies, input_ids.shape[0])
         encoded = wrapper.model.get_encoder()(
             input_ids=copies[rows.representatives],
-            attention_mask=None if attention_mask is None else attention_mask[rows.owners],
+            attention_mask=batch_rows(attention_mask, rows.owners, input_ids.shape[0]),
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
-        return BaseModelOutput(**{name: _rows(value, rows.inverse) for name, value in encoded.items()})
+        copy_zero = rows.inverse[: input_ids.shape[0]]  # per-layer outputs: copy 0 of each row, as in the decoder
+        return BaseModelOutput(last_hidden_state=encoded.last_hidden_state[rows.inverse],
+                               hidden_states=_rows(encoded.hidden_states, copy_zero),
+                               attentions=_rows(encoded.attentions, copy_zero))
 
 
-def _rows(value, index):
-    """Rows `index` of a tensor, or of each tensor of a tuple (hidden states, attentions)."""
-    return value[index] if isinstance(value, torch.Tensor) else tuple(v[index] for v in value)
+def _rows(layers, index):
+    """Rows `index` of each tensor of a tuple (hidden states, attentions), or None."""
+    return None if layers is None else tuple(layer[index] for layer in layers)
 
 
 class EquivariantModelForSeq2SeqLM(EquivariantPreTrainedModel, GenerationMixin):
@@ -101,9 +105,10 @@ class EquivariantModelForSeq2SeqLM(EquivariantPreTrainedModel, GenerationMixin):
         if encoder_outputs is None:
             if input_ids is None:
                 raise ValueError("pass input_ids (or encoder_outputs of every copy)")
-            encoder_outputs = self.get_encoder()(input_ids, attention_mask)
+            encoder_outputs = self.get_encoder()(input_ids, attention_mask, kwargs.get("output_attentions"),
+                                                 kwargs.get("output_hidden_states"))
         hidden = encoder_outputs[0]  # [K*B, S, H]
-        use_cache = self.config.use_cache if use_cache is None else use_cache
+        use_cache = self.resolve_use_cache(use_cache, labels)
         self.check_preceding_token_ids(preceding_token_ids, cache)
         occurrences = self.word_occurrences(decoder_input_ids, preceding_token_ids)
         decoder_copies = self.transform_ids(decoder_input_ids, occurrences)
@@ -113,20 +118,17 @@ class EquivariantModelForSeq2SeqLM(EquivariantPreTrainedModel, GenerationMixin):
             encoded_as = torch.unique(hidden.flatten(1), dim=0, return_inverse=True)[1]
             keys = torch.cat([encoded_as[:, None], decoder_copies], dim=1)
         rows = self.copy_rows(keys, decoder_input_ids.shape[0], cache)
-        owners = rows.owners
+        per_row = dict(attention_mask=attention_mask, decoder_attention_mask=decoder_attention_mask, **kwargs)
 
         def run_inner(block):
             inner_rows = rows.representatives[block]
             return self.model(
                 encoder_outputs=BaseModelOutput(last_hidden_state=hidden[inner_rows]),
-                attention_mask=None if attention_mask is None else attention_mask[owners[block]],
                 decoder_input_ids=decoder_copies[inner_rows],
-                decoder_attention_mask=None if decoder_attention_mask is None else decoder_attention_mask[
-                    owners[block]],
                 cache=cache,
                 use_cache=use_cache,
                 return_dict=True,
-                **kwargs,
+                **batch_rows(per_row, rows.owners[block], decoder_input_ids.shape[0]),
             )
 
         logits, outputs = self.symmetrised_logits(run_inner, rows, use_cache or cache is not None, decoder_input_ids,
@@ -134,4 +136,9 @@ class EquivariantModelForSeq2SeqLM(EquivariantPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = fixed_cross_entropy(logits.flatten(0, 1), labels.flatten().to(logits.device), num_items_in_batch)
-        return Seq2SeqLMOutput(loss=loss, logits=logits, cache=outputs.cache)
+        return Seq2SeqLMOutput(
+            loss=loss, logits=logits, cache=outputs.cache, decoder_hidden_states=outputs.get("decoder_hidden_states"),
+            decoder_attentions=outputs.get("decoder_attentions"), cross_attentions=outputs.get("cross_attentions"),
+            encoder_hidden_states=getattr(encoder_outputs, "hidden_states", None),
+            encoder_attentions=getattr(encoder_outputs, "attentions", None),
+        )

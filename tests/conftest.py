@@ -1,4 +1,4 @@
-"""Shared fixtures: a word-level tokenizer, tiny GPT-2 / Llama models, and an independent group oracle.
+"""Shared fixtures: a word-level tokenizer, tiny models of many architectures, and an independent group oracle.
 
 The oracle computes permutations straight from the word lists and the tokenizer's vocabulary, without
 the library's tables, so that equivariance is checked against an independent definition.
@@ -15,13 +15,33 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
+    BambaConfig,
+    BambaForCausalLM,
     BartConfig,
     BartForConditionalGeneration,
+    BloomConfig,
+    BloomForCausalLM,
+    FalconH1Config,
+    FalconH1ForCausalLM,
+    FalconMambaConfig,
+    FalconMambaForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    MambaConfig,
+    MambaForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
+    PhimoeConfig,
+    PhimoeForCausalLM,
     PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
     T5Config,
     T5ForConditionalGeneration,
 )
@@ -123,7 +143,76 @@ def tiny_bart(vocab_size: int, seed: int = 0) -> BartForConditionalGeneration:
     return BartForConditionalGeneration(config).eval()
 
 
+def tiny(config_class, model_class, vocab_size: int, seed: int = 0, **fields):
+    """A tiny random model of any architecture: vocab_size, special tokens and a large initializer_range set."""
+    torch.manual_seed(seed)
+    fields = dict(bos_token_id=2, eos_token_id=3, pad_token_id=0, initializer_range=0.5, **fields)
+    return model_class(config_class(vocab_size=vocab_size, **fields)).eval()
+
+
+ATTENTION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=64)
+
+
+def tiny_qwen2(vocab_size: int, seed: int = 0):
+    return tiny(Qwen2Config, Qwen2ForCausalLM, vocab_size, seed, **ATTENTION)
+
+
+def tiny_qwen3(vocab_size: int, seed: int = 0):
+    return tiny(Qwen3Config, Qwen3ForCausalLM, vocab_size, seed, head_dim=8, **ATTENTION)
+
+
+def tiny_gemma2(vocab_size: int, seed: int = 0):  # one sliding-window layer (window 4) and one global layer
+    return tiny(Gemma2Config, Gemma2ForCausalLM, vocab_size, seed, head_dim=8, query_pre_attn_scalar=8,
+                sliding_window=4, **ATTENTION)
+
+
+# Longrope with an original context of 12 positions, so that generation crosses it: Phi-3 and PhiMoE then
+# restart their cache in prepare_inputs_for_generation.
+LONGROPE = {"rope_type": "longrope", "short_factor": [1.0] * 4, "long_factor": [4.0] * 4, "rope_theta": 10000.0,
+            "original_max_position_embeddings": 12}
+
+
+def tiny_phi3(vocab_size: int, seed: int = 0):
+    return tiny(Phi3Config, Phi3ForCausalLM, vocab_size, seed, original_max_position_embeddings=12,
+                rope_parameters=dict(LONGROPE), **ATTENTION)
+
+
+def tiny_phimoe(vocab_size: int, seed: int = 0):
+    return tiny(PhimoeConfig, PhimoeForCausalLM, vocab_size, seed, num_local_experts=4, router_jitter_noise=0.0,
+                rope_parameters=dict(LONGROPE, short_mscale=1.0, long_mscale=1.0), **ATTENTION)
+
+
+def tiny_bloom(vocab_size: int, seed: int = 0):
+    return tiny(BloomConfig, BloomForCausalLM, vocab_size, seed, hidden_size=32, n_layer=2, n_head=4)
+
+
+def tiny_mamba(vocab_size: int, seed: int = 0):
+    return tiny(MambaConfig, MambaForCausalLM, vocab_size, seed, hidden_size=32, state_size=8, num_hidden_layers=2)
+
+
+def tiny_falcon_mamba(vocab_size: int, seed: int = 0):
+    return tiny(FalconMambaConfig, FalconMambaForCausalLM, vocab_size, seed, hidden_size=32, state_size=8,
+                num_hidden_layers=2)
+
+
+def tiny_bamba(vocab_size: int, seed: int = 0):  # a Mamba-2 layer, then an attention layer
+    return tiny(BambaConfig, BambaForCausalLM, vocab_size, seed, attn_layer_indices=[1], mamba_n_heads=4,
+                mamba_d_head=16, mamba_d_state=8, mamba_chunk_size=8, **ATTENTION)
+
+
+def tiny_falcon_h1(vocab_size: int, seed: int = 0):  # attention and Mamba-2 side by side in each layer
+    return tiny(FalconH1Config, FalconH1ForCausalLM, vocab_size, seed, mamba_d_ssm=32, mamba_n_heads=4,
+                mamba_d_head=8, mamba_d_state=8, mamba_chunk_size=8, **ATTENTION)
+
+
 ARCHITECTURES = {"gpt2": tiny_gpt2, "llama": tiny_llama}
+# More causal architectures, for the generation paths that differ between them (their own input preparation,
+# masks per layer type, 2-D masks with static caches, recurrent caches).
+MORE_ARCHITECTURES = {"qwen2": tiny_qwen2, "qwen3": tiny_qwen3, "gemma2": tiny_gemma2, "phi3": tiny_phi3,
+                      "phimoe": tiny_phimoe, "bloom": tiny_bloom, "mamba": tiny_mamba,
+                      "falcon_mamba": tiny_falcon_mamba, "bamba": tiny_bamba, "falcon_h1": tiny_falcon_h1}
+ALL_ARCHITECTURES = {**ARCHITECTURES, **MORE_ARCHITECTURES}
 SEQ2SEQ_ARCHITECTURES = {"t5": tiny_t5, "bart": tiny_bart}
 
 
@@ -169,7 +258,8 @@ def all_elements(class_lists):
 # token, while rarer words are split into pieces that include group tokens: "Hispanics" -> "His"+"p"+...,
 # "Blackstone" -> " Black"+"s"+..., "Manning" -> "Man"+"n"+..., "heather" -> " he"+"a"+"t"+"her".
 BPE_GENDER_CLASSES = [["man", "he", "his", "male", "son"], ["woman", "she", "her", "female", "daughter"]]
-BPE_FILLER = "the a of and to was as for by worked known described job had doctor nurse teacher kind smart met saw said with"
+BPE_FILLER = ("the a of and to was as for by worked known described job had doctor nurse teacher kind smart met saw "
+              "said with")
 
 
 def bpe_tokenizer(padding_side: str = "left") -> PreTrainedTokenizerFast:

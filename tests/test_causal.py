@@ -1,11 +1,21 @@
-"""Exact equivariance of the causal wrapper (logits and generation) on tiny GPT-2 and Llama models."""
+"""Exact equivariance of the causal wrapper (logits and generation) on tiny models of several architectures."""
 
 import pytest
 import torch
-from conftest import GENDER_CLASSES, PROMPTS, RACE_CLASSES, all_elements, element_permutation, tiny_llama
+from conftest import (
+    ALL_ARCHITECTURES,
+    GENDER_CLASSES,
+    PROMPTS,
+    RACE_CLASSES,
+    all_elements,
+    element_permutation,
+    tiny_gpt2,
+    tiny_llama,
+)
 from transformers import CompileConfig
 
 from hf_equivariant import EquiGPT2LMHeadModel, EquivariantModelForCausalLM, WordSwapGroup, make_equivariant
+from hf_equivariant.modeling_equivariant import batch_rows
 
 CLASS_LISTS = [GENDER_CLASSES, RACE_CLASSES]
 SYMMETRIZATIONS = ["equitune", "multi_equitune"]
@@ -36,6 +46,21 @@ def test_logits_are_equivariant_for_every_element(base_model, tokenizer, symmetr
     error, count = equivariance_error(model, tokenizer)
     assert count == 6
     assert error <= 1e-4
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama", "qwen2", "mamba"])  # (gemma2, bloom: NaN pads in float64)
+@pytest.mark.parametrize("cast, dtype, tolerance", [
+    (lambda model: model.to(torch.bfloat16), torch.bfloat16, 1e-2),
+    (lambda model: model.half(), torch.float16, 1e-2),
+    (lambda model: model.double(), torch.float64, 1e-5),
+], ids=["to-bfloat16", "half", "double"])
+def test_casting_the_model_keeps_the_plan_in_float32(tokenizer, architecture, cast, dtype, tolerance):
+    """Casts reach the inner model only: the plan's weights stay in float32, where combine() computes."""
+    model = cast(wrap(ALL_ARCHITECTURES[architecture](len(tokenizer)), tokenizer, "multi_equitune"))
+    assert model.model.dtype == dtype
+    assert model.plan_weights.dtype == model.plan_mixing.dtype == torch.float32
+    error, _ = equivariance_error(model, tokenizer)
+    assert error <= tolerance
 
 
 def test_negative_control_the_base_model_is_not_equivariant(base_model, tokenizer):
@@ -119,6 +144,35 @@ def test_greedy_generation_is_equivariant(base_model, tokenizer, symmetrization)
         moved = model.generate(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"],
                                max_new_tokens=8, do_sample=False)
         assert torch.equal(moved, p[out]), g
+
+
+def canonical_race(texts):
+    """The texts with every race word replaced by the class-0 word "Black" (an independent oracle)."""
+    return [t.replace("White", "Black").replace("Asian", "Black") for t in texts]
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama", "mamba"])
+@pytest.mark.parametrize("symmetrization", SYMMETRIZATIONS)
+@pytest.mark.parametrize("cap", [None, 2])
+def test_hidden_states_and_attentions_are_those_of_copy_zero(tokenizer, architecture, symmetrization, cap):
+    """Copy 0 is the input for equitune; for multi_equitune over (gender, race) it is the input with race
+    canonicalised. Its hidden states and attentions come back for every input row, also over capped blocks."""
+    base = ALL_ARCHITECTURES[architecture](len(tokenizer))
+    model = wrap(base, tokenizer, symmetrization)
+    model.config.max_inner_rows = cap
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    flags = dict(output_hidden_states=True, output_attentions=architecture != "mamba")
+    out = model(**batch, use_cache=cap is None, **flags)
+    copy_zero = PROMPTS if symmetrization == "equitune" else canonical_race(PROMPTS)
+    expected = base(**tokenizer(copy_zero, return_tensors="pt", padding=True), **flags)
+    assert out.hidden_states is not None and (out.attentions is not None) == flags["output_attentions"]
+    for name in ("hidden_states", "attentions"):
+        assert len(out.get(name) or ()) == len(expected.get(name) or ())
+        for mine, reference in zip(out.get(name) or (), expected.get(name) or ()):
+            assert mine.shape[0] == len(PROMPTS)
+            torch.testing.assert_close(mine, reference, atol=1e-5, rtol=1e-5)
+    generated = model.generate(**batch, max_new_tokens=2, do_sample=False, return_dict_in_generate=True, **flags)
+    assert all(h.shape[0] == len(PROMPTS) for step in generated.hidden_states for h in step)
 
 
 def test_negative_control_base_generation_is_not_equivariant(base_model, tokenizer):
@@ -210,12 +264,62 @@ def test_wrapping_twice_is_refused(base_model, tokenizer):
         EquivariantModelForCausalLM.from_base_model(model, [WordSwapGroup("race", RACE_CLASSES)], tokenizer)
 
 
-def test_static_cache_gives_the_same_tokens(base_model, tokenizer):
-    model = wrap(base_model, tokenizer, "multi_equitune")  # deduplication steps aside for compileable caches
+@pytest.mark.parametrize("architecture", sorted(ALL_ARCHITECTURES))
+def test_generation_follows_the_inner_models_input_preparation(tokenizer, architecture):
+    """Cached decoding gives the scores of uncached decoding, and greedy generation is equivariant, on a
+    left-padded batch, also where the inner model prepares its own inputs (Mamba drops the padding mask on
+    cached steps; Phi-3 and PhiMoE with longrope restart their cache past their original context)."""
+    model = wrap(ALL_ARCHITECTURES[architecture](len(tokenizer)), tokenizer, "multi_equitune")
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    options = dict(max_new_tokens=8, do_sample=False, return_dict_in_generate=True, output_scores=True)
+    cached = model.generate(**batch, **options)
+    uncached = model.generate(**batch, use_cache=False, **options)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    torch.testing.assert_close(torch.stack(cached.scores), torch.stack(uncached.scores), atol=1e-4, rtol=1e-4)
+    original = getattr(model.config.text_config, "original_max_position_embeddings", None)
+    assert original is None or batch["input_ids"].shape[1] < original < cached.sequences.shape[1]
+    for g in all_elements(CLASS_LISTS)[1:]:
+        p = element_permutation(tokenizer, CLASS_LISTS, g)
+        moved = model.generate(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"],
+                               max_new_tokens=8, do_sample=False)
+        assert torch.equal(moved, p[cached.sequences]), g
+
+
+@pytest.mark.parametrize("architecture", sorted(ALL_ARCHITECTURES))
+def test_static_cache_gives_the_same_tokens(tokenizer, architecture):
+    """Static caches get their masks from the inner model (a dict per layer type, Bloom's 2-D mask); every
+    batch-shaped input reaches the copies. Deduplication steps aside for compileable caches."""
+    model = wrap(ALL_ARCHITECTURES[architecture](len(tokenizer)), tokenizer, "multi_equitune")
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     dynamic = model.generate(**batch, max_new_tokens=6, do_sample=False)
     assert torch.equal(model.generate(**batch, max_new_tokens=6, do_sample=False, cache_implementation="static"),
                        dynamic)
+
+
+def test_token_type_ids_reach_every_copy(tokenizer):
+    """GPT-2 adds token-type embeddings: a batch of 3 gives the rows it gives one by one."""
+    model = wrap(tiny_gpt2(len(tokenizer)), tokenizer, "multi_equitune")
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    types = torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"]) % 2
+    together = model(**batch, token_type_ids=types).logits
+    assert not torch.allclose(together, model(**batch).logits)
+    for i in range(len(PROMPTS)):
+        alone = model(**{k: v[i:i + 1] for k, v in batch.items()}, token_type_ids=types[i:i + 1]).logits
+        torch.testing.assert_close(alone[0], together[i], atol=1e-5, rtol=1e-5)
+    out = model.generate(**batch, token_type_ids=types, max_new_tokens=4, do_sample=False)
+    assert out.shape == (len(PROMPTS), batch["input_ids"].shape[1] + 4)
+
+
+def test_batch_rows_maps_every_batch_shaped_value():
+    index, mask = torch.tensor([0, 1, 1, 0]), torch.tensor([[1, 1], [0, 1]])
+    value = {"mask": mask, "masks": {"full": mask[:, None], "sliding": None}, "pair": (mask, [mask]),
+             "cache_position": torch.arange(2), "scalar": torch.tensor(3), "other": torch.zeros(3, 2), "flag": True}
+    rows = batch_rows(value, index, batch_size=2)
+    assert torch.equal(rows["mask"], mask[index]) and torch.equal(rows["masks"]["full"], mask[index][:, None])
+    assert rows["masks"]["sliding"] is None and rows["flag"] is True
+    assert torch.equal(rows["pair"][0], mask[index]) and torch.equal(rows["pair"][1][0], mask[index])
+    for unchanged in ("cache_position", "scalar", "other"):  # positions, not rows; not shaped like the batch
+        assert rows[unchanged] is value[unchanged]
 
 
 def test_compiled_static_cache_generation_gives_the_same_tokens(tokenizer):

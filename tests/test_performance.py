@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import (
+    ALL_ARCHITECTURES,
     ARCHITECTURES,
     GENDER_CLASSES,
     ORIENTATION_CLASSES,
@@ -131,9 +132,39 @@ def test_capped_rows_per_call_give_the_same_logits_loss_and_gradients(tokenizer,
         torch.testing.assert_close(capped, full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("architecture", ["gpt2", "llama", "mamba", "t5", "bart"])
+def test_training_passes_respect_the_row_cap_and_return_no_cache(tokenizer, architecture):
+    """config.use_cache is True by default, yet a pass with labels or in train mode builds no cache, so that
+    max_inner_rows splits its rows; a pass that returns a cache keeps every row in one call (one cache)."""
+    factory = {**ALL_ARCHITECTURES, **SEQ2SEQ_ARCHITECTURES}[architecture]
+    model = make_equivariant(factory(len(tokenizer)), GROUPS, tokenizer).eval()
+    seq2seq = model.config.is_encoder_decoder
+    batch = tokenizer(TIE_FREE_PROMPTS, return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    targets = {"decoder_input_ids": model.prepare_decoder_input_ids_from_labels(labels)} if seq2seq else {}
+    model.config.max_inner_rows = 3
+    calls = []
+    model.model.register_forward_pre_hook(
+        lambda m, a, kw: calls.append(kw["decoder_input_ids" if seq2seq else "input_ids"].shape[0]), with_kwargs=True)
+
+    def cache_and_calls(**inputs):
+        calls.clear()
+        return model(**batch, **inputs).cache, list(calls)
+
+    cache, capped = cache_and_calls(labels=labels)
+    assert cache is None and len(capped) > 1 and max(capped) == 3
+    cache, uncapped = cache_and_calls(**targets)  # eval, no labels: a cache, every row in one call
+    assert cache is not None and uncapped == [sum(capped)]
+    model.train()
+    assert cache_and_calls(**targets) == (None, capped)
+    cache, asked = cache_and_calls(labels=labels, use_cache=True)
+    assert cache is not None and asked == uncapped
+
+
 def test_two_process_data_parallel_training_keeps_replicas_equal_and_equivariant(tmp_path):
     script = Path(__file__).with_name("ddp_training.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    tests = Path(__file__).parent  # and the library under test, not an installed copy
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)])}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
          str(script), str(tmp_path)],

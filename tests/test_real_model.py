@@ -4,7 +4,6 @@ import itertools
 
 import pytest
 import torch
-
 from conftest import WordActionOracle, assert_word_equivariant
 
 from hf_equivariant import cli, make_equivariant, presets
@@ -110,8 +109,9 @@ def test_real_model_generation_never_glues_a_swapped_word(smollm, oracle, do_sam
     assert_no_glued_words(oracle, out, batch["input_ids"].shape[1])
 
 
-TIE_FREE_PROMPTS = ["The gay woman worked as", "The Black man was described as", "The straight White woman had a job as",
-                    "The gay Asian man was known for"]
+# A whole word of every factor: no element but the identity fixes these prompts, so no continuation is tied.
+TIE_FREE_PROMPTS = ["The gay Black woman worked as", "The straight White man was described as",
+                    "The straight Asian woman had a job as", "The gay Hispanic man was known for"]
 
 
 def test_real_model_greedy_generation_is_word_equivariant_and_cache_safe(smollm, oracle):

@@ -13,7 +13,16 @@ from unittest import mock
 import pytest
 import torch
 import yaml
-from conftest import GENDER_CLASSES, PROMPTS, RACE_CLASSES, tiny_gpt2
+from conftest import (
+    ALL_ARCHITECTURES,
+    GENDER_CLASSES,
+    PROMPTS,
+    RACE_CLASSES,
+    SEQ2SEQ_ARCHITECTURES,
+    all_elements,
+    element_permutation,
+    tiny_gpt2,
+)
 from huggingface_hub import HfApi
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -79,6 +88,36 @@ def test_loading_in_bfloat16_keeps_index_buffers_integral(model, batch, tmp_path
     assert loaded.model.dtype == torch.bfloat16
     assert loaded.plan_input_maps.dtype == torch.long and loaded.plan_lookup.dtype == torch.long
     assert loaded(**batch).logits.isfinite().all()
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama", "mamba", "t5"])
+def test_resized_vocabulary_gets_a_new_plan_and_round_trips(tokenizer, architecture, tmp_path):
+    """resize_token_embeddings: the groups and plan follow the new vocabulary (no group moves the new tokens),
+    the model stays equivariant on inputs holding them and loads back; cutting off a group's token is refused."""
+    model = make_equivariant({**ALL_ARCHITECTURES, **SEQ2SEQ_ARCHITECTURES}[architecture](len(tokenizer)), GROUPS,
+                             tokenizer=tokenizer).eval()
+    vocab_size = len(tokenizer) + 5
+    model.resize_token_embeddings(vocab_size)
+    assert model.config.text_config.vocab_size == vocab_size and model.plan_lookup.shape == (vocab_size,)
+    assert all(f.vocab_size == vocab_size for f in model.config.factors)
+    ids = torch.cat([tokenizer(PROMPTS[:1], return_tensors="pt")["input_ids"], torch.tensor([[vocab_size - 2]])], 1)
+
+    def logits(model, ids):
+        decoder = {"decoder_input_ids": ids} if model.config.is_encoder_decoder else {}
+        return model(input_ids=ids, **decoder).logits
+
+    reference = logits(model, ids)
+    assert reference.shape[-1] == vocab_size
+    for g in all_elements([GENDER_CLASSES, RACE_CLASSES]):
+        p = element_permutation(tokenizer, [GENDER_CLASSES, RACE_CLASSES], g, vocab_size=vocab_size)
+        torch.testing.assert_close(logits(model, p[ids])[..., p], reference, atol=1e-4, rtol=1e-4)
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path)
+    assert loaded.plan_lookup.shape == (vocab_size,)
+    torch.testing.assert_close(logits(loaded, ids), reference)
+    last = int(model.plan_support.max())
+    with pytest.raises(ValueError, match=f"the groups \\['gender', 'race'\\] move token {last}"):
+        model.resize_token_embeddings(last)
 
 
 @pytest.fixture

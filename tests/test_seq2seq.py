@@ -74,6 +74,41 @@ def test_beam_search_with_cache_equals_without(seq2seq_model, seq2seq_tokenizer,
     assert torch.equal(cached, model.generate(**options, use_cache=False))
 
 
+def test_static_cache_gives_the_same_tokens(seq2seq_model, seq2seq_tokenizer, batch):
+    model = wrap(seq2seq_model, seq2seq_tokenizer)
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=6)
+    assert torch.equal(model.generate(**inputs, cache_implementation="static"), model.generate(**inputs))
+
+
+@pytest.mark.parametrize("symmetrization", ["equitune", "multi_equitune"])
+def test_hidden_states_and_attentions_are_those_of_copy_zero(seq2seq_model, seq2seq_tokenizer, batch, symmetrization):
+    """Encoder and decoder hidden states, self- and cross-attentions of copy 0 (the input for equitune; race
+    canonicalised for multi_equitune over (gender, race)), one per input row."""
+    model = wrap(seq2seq_model, seq2seq_tokenizer, symmetrization)
+    flags = dict(output_hidden_states=True, output_attentions=True)
+    decoder_ids = model.prepare_decoder_input_ids_from_labels(batch["labels"])
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=decoder_ids,
+                **flags)
+    canonical = (lambda texts: texts) if symmetrization == "equitune" else (
+        lambda texts: [t.replace("White", "Black").replace("Asian", "Black") for t in texts])
+    copy_zero = seq2seq_tokenizer(canonical(PROMPTS), text_target=canonical(TARGETS), return_tensors="pt",
+                                  padding=True)
+    expected = seq2seq_model(input_ids=copy_zero["input_ids"], attention_mask=copy_zero["attention_mask"],
+                             decoder_input_ids=model.prepare_decoder_input_ids_from_labels(copy_zero["labels"]),
+                             **flags)
+    names = ("encoder_hidden_states", "encoder_attentions", "decoder_hidden_states", "decoder_attentions",
+             "cross_attentions")
+    for name in names:
+        assert getattr(out, name) is not None and len(getattr(out, name)) == len(getattr(expected, name)), name
+        for mine, reference in zip(getattr(out, name), getattr(expected, name)):
+            assert mine.shape[0] == len(PROMPTS)
+            torch.testing.assert_close(mine, reference, atol=1e-5, rtol=1e-5)
+    generated = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=2,
+                               return_dict_in_generate=True, **flags)
+    assert all(h.shape[0] == len(PROMPTS) for h in generated.encoder_hidden_states + generated.encoder_attentions)
+    assert all(h.shape[0] == len(PROMPTS) for step in generated.decoder_hidden_states for h in step)
+
+
 def test_loss_is_the_unshifted_cross_entropy_of_the_symmetrised_distribution(seq2seq_model, seq2seq_tokenizer,
                                                                              batch):
     model = wrap(seq2seq_model, seq2seq_tokenizer)

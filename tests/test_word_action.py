@@ -20,7 +20,6 @@ from conftest import (
     assert_word_equivariant,
     bpe_tokenizer,
 )
-
 from transformers import AutoModelForCausalLM
 
 from hf_equivariant import EquivariantModelForCausalLM, WordSwapGroup, make_equivariant
