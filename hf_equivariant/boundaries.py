@@ -100,6 +100,19 @@ def decode_boundaries(data: dict | None, vocab_size: int) -> tuple[torch.Tensor,
     return unpack(data["before"]), unpack(data["after"])
 
 
+def resize_boundaries(data: dict | None, vocab_size: int) -> dict | None:
+    """`encode_boundaries` data for a resized vocabulary: tokens added at the end (added tokens, split out by
+    the tokenizer before any word is read) have a boundary on both sides."""
+    if data is None:
+        return None
+    if every_token_is_a_word(data):
+        return {**data, "vocab_size": vocab_size}
+    before, after = decode_boundaries(data, data["vocab_size"])
+    grow = torch.ones(max(0, vocab_size - len(before)), dtype=torch.bool)
+    return encode_boundaries((torch.cat([before, grow])[:vocab_size], torch.cat([after, grow])[:vocab_size]),
+                             vocab_size)
+
+
 def word_forms_only(factors: list[TokenSwapGroup], boundaries, describe=str) -> list[TokenSwapGroup]:
     """Drop (with one warning) the orbits whose tokens disagree on `before` or `after`: swapping them would
     change where words begin or end, which no group action on words may do."""

@@ -323,6 +323,7 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         embeddings = self.model.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
         vocab_size = self.config.text_config.get_text_config(decoder=True).vocab_size
         self.config.groups = [{**group, "vocab_size": vocab_size} for group in self.config.groups]
+        self.config.token_boundaries = boundaries.resize_boundaries(self.config.token_boundaries, vocab_size)
         for name, tensor in self._plan_tensors().items():
             self.register_buffer(name, tensor.to(self.plan_lookup.device), persistent=False)
         return embeddings

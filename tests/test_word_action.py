@@ -262,3 +262,17 @@ def test_forms_that_begin_or_end_words_differently_are_dropped():
     assert kept.orbits == ((1, 2),)
     with pytest.raises(ValueError, match="none can be swapped"):
         word_forms_only([TokenSwapGroup("h", "cyclic", [["c"], ["d"]], [(3, 4)], vocab_size=6)], (before, after))
+
+
+def test_resized_vocabulary_keeps_the_word_boundaries(bpe, tmp_path):
+    from hf_equivariant import check_equivariance
+
+    model = wrapped(ARCHITECTURES["gpt2"], bpe)
+    model.resize_token_embeddings(len(bpe) + 3)  # added tokens stand alone: a boundary on both sides
+    assert model.plan_before.shape == (len(bpe) + 3,) and model.plan_before[-3:].all()
+    ids = bpe(MIXED_PROMPTS, return_tensors="pt", padding=True)["input_ids"]
+    ids = torch.cat([ids, torch.full((len(ids), 1), len(bpe) + 1)], dim=1)
+    assert max(check_equivariance(model, {"input_ids": ids}).values()) <= 1e-4
+    model.save_pretrained(tmp_path)
+    assert torch.equal(EquivariantModelForCausalLM.from_pretrained(tmp_path)(input_ids=ids).logits,
+                       model(input_ids=ids).logits)
