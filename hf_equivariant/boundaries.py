@@ -66,9 +66,13 @@ def token_texts(tokenizer, vocab_size: int) -> list[str]:
 def token_boundaries(tokenizer, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """([V] before, [V] after) bool, or None when every token has a boundary before it (word-level tokenizers)."""
     texts = token_texts(tokenizer, vocab_size)
-    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    special = set(tokenizer.all_special_ids) | {i for i, token in added.items() if token.special}
     before = torch.tensor([i in special or not text or _is_boundary_character(text[0]) for i, text in enumerate(texts)])
     after = torch.tensor([i in special or not text or _is_boundary_character(text[-1]) for i, text in enumerate(texts)])
+    if not bool(before[sorted(set(range(len(texts))) - special)].any()):
+        raise ValueError("no token of this tokenizer begins a word (none begins with whitespace or punctuation): "
+                         'it cannot say where words end; use action="token"')
     return None if bool(before.all()) else (before, after)
 
 
@@ -141,12 +145,16 @@ def word_forms_only(factors: list[TokenSwapGroup], boundaries, describe=str) -> 
 
 
 def word_occurrences(ids: torch.Tensor, before: torch.Tensor, after: torch.Tensor,
-                     preceding: torch.Tensor | None = None) -> torch.Tensor:
+                     preceding: torch.Tensor | None = None, following: torch.Tensor | None = None) -> torch.Tensor:
     """[B, T] bool: where a word begins and ends at t (see the module docstring). `preceding` ([B]) is the
-    token before ids[:, 0] when the sequence started earlier (a KV cache holds it), else None."""
+    token before ids[:, 0] when the sequence started earlier (a KV cache holds it), else None; `following`
+    ([B], -100 for none) the token known to come after the last position (a seq2seq label), else None."""
     first = torch.ones_like(ids[:, :1], dtype=torch.bool) if preceding is None else after[preceding][:, None]
+    last = torch.ones_like(ids[:, :1], dtype=torch.bool)
+    if following is not None:
+        last = ((following < 0) | before[following.clamp(min=0)])[:, None]
     begins = before[ids] | torch.cat([first, after[ids[:, :-1]]], dim=1)
-    ends = torch.cat([before[ids[:, 1:]], torch.ones_like(ids[:, :1], dtype=torch.bool)], dim=1)
+    ends = torch.cat([before[ids[:, 1:]], last], dim=1)
     return begins & ends
 
 

@@ -10,6 +10,7 @@ masked.
 
 from __future__ import annotations
 
+import torch
 from transformers import AutoModelForCausalLM, GenerationMixin
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils.deprecation import deprecate_kwarg
@@ -55,7 +56,7 @@ class EquivariantModelForCausalLM(EquivariantPreTrainedModel, GenerationMixin):
             raise ValueError("the group acts on token ids: pass input_ids, not inputs_embeds")
         kwargs.pop("return_dict", None)
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        if logits_to_keep:
+        if torch.is_tensor(logits_to_keep) or logits_to_keep:
             kwargs["logits_to_keep"] = logits_to_keep
         use_cache = self.resolve_use_cache(use_cache, labels)
         self.check_preceding_token_ids(preceding_token_ids, cache)

@@ -99,7 +99,8 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         if config.action == "word" and config.token_boundaries is None:
             raise ValueError(
                 'the config asks for action="word" but holds no word boundaries (they come from the tokenizer): '
-                'load it with from_pretrained(path, action="word", tokenizer=...), or use action="token"'
+                f'load it with {type(self).__name__}.from_pretrained(path, action="word", tokenizer=...) (the Auto '
+                'classes do not pass the tokenizer on), or use action="token"'
             )
         super().__init__(config)
         if model is None:
@@ -178,12 +179,15 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         otherwise on every support token wherever it occurs."""
         return self.config.action == "word" and not boundaries.every_token_is_a_word(self.config.token_boundaries)
 
-    def word_occurrences(self, ids: torch.Tensor, preceding_token_ids: torch.Tensor | None = None):
+    def word_occurrences(self, ids: torch.Tensor, preceding_token_ids: torch.Tensor | None = None,
+                         following_token_ids: torch.Tensor | None = None):
         """[B, T] bool: where the support tokens of `ids` are whole words (see `boundaries`); None for the
-        token action. `preceding_token_ids` ([B]): the token before ids[:, 0] when a KV cache holds the past."""
+        token action. `preceding_token_ids` ([B]): the token before ids[:, 0] when a KV cache holds the past;
+        `following_token_ids` ([B]): the token known to follow the last one (a seq2seq label)."""
         if not self.acts_on_words:
             return None
-        return boundaries.word_occurrences(ids, self.plan_before, self.plan_after, preceding_token_ids)
+        return boundaries.word_occurrences(ids, self.plan_before, self.plan_after, preceding_token_ids,
+                                           following_token_ids)
 
     def check_preceding_token_ids(self, preceding_token_ids, cache) -> None:
         """With the word action, a step that continues a cached sequence must say which token precedes it."""
@@ -191,8 +195,21 @@ class EquivariantPreTrainedModel(PreTrainedModel):
             raise ValueError(
                 "this model swaps whole words: when continuing from a cache, pass preceding_token_ids (the last "
                 "token of each row so far) so that it can tell whether the new tokens begin a word; generate() "
-                "passes it"
+                "passes it (except with prefill_chunk_size, which the word action does not support)"
             )
+
+    def generate(self, *args, **kwargs):
+        """`GenerationMixin.generate`. With the word action it refuses the modes that score tokens it has not
+        generated itself (an assistant's or prompt-lookup candidates, prefill chunks): they would be read
+        with the next token in view and escape the glue mask."""
+        if self.acts_on_words:
+            config = kwargs.get("generation_config") or self.generation_config
+            refused = [name for name in ("assistant_model", "prompt_lookup_num_tokens", "prefill_chunk_size")
+                       if kwargs.get(name) is not None or getattr(config, name, None) is not None]
+            if refused:
+                raise ValueError(f"{', '.join(refused)}: not supported with the word action; use the usual decoding "
+                                 f"(greedy, sampling, beam search), or action=\"token\"")
+        return super().generate(*args, **kwargs)
 
     def transform_ids(self, ids: torch.Tensor, occurrences: torch.Tensor | None = None) -> torch.Tensor:
         """[B, T] -> [K*B, T]: every copy of every row, copy-major; only `occurrences` are acted on if given."""

@@ -110,7 +110,8 @@ class EquivariantModelForSeq2SeqLM(EquivariantPreTrainedModel, GenerationMixin):
         hidden = encoder_outputs[0]  # [K*B, S, H]
         use_cache = self.resolve_use_cache(use_cache, labels)
         self.check_preceding_token_ids(preceding_token_ids, cache)
-        occurrences = self.word_occurrences(decoder_input_ids, preceding_token_ids)
+        following = None if labels is None else labels[:, -1]  # the label after the last decoder input
+        occurrences = self.word_occurrences(decoder_input_ids, preceding_token_ids, following)
         decoder_copies = self.transform_ids(decoder_input_ids, occurrences)
         keys = decoder_copies
         if self.deduplicates(cache) and getattr(cache, "copy_rows", None) is None:

@@ -276,3 +276,38 @@ def test_resized_vocabulary_keeps_the_word_boundaries(bpe, tmp_path):
     model.save_pretrained(tmp_path)
     assert torch.equal(EquivariantModelForCausalLM.from_pretrained(tmp_path)(input_ids=ids).logits,
                        model(input_ids=ids).logits)
+
+
+def test_logits_to_keep_as_positions(bpe):
+    model = wrapped(ARCHITECTURES["llama"], bpe)
+    ids = bpe(MIXED_PROMPTS[:2], return_tensors="pt", padding=True)["input_ids"]
+    full = model(input_ids=ids).logits
+    for keep in (torch.tensor([1, 4]), torch.tensor([0])):
+        torch.testing.assert_close(model(input_ids=ids, logits_to_keep=keep).logits, full[:, keep])
+
+
+def test_seq2seq_labels_ending_in_a_glued_piece_have_a_finite_loss():
+    bpe = bpe_tokenizer(padding_side="right")
+    model = wrapped(SEQ2SEQ_ARCHITECTURES["bart"], bpe)
+    source = bpe(["the Black man"], return_tensors="pt")["input_ids"]
+    labels = bpe(["the Blackstone"], add_special_tokens=False, return_tensors="pt")["input_ids"][:, :3]  # ..." Black" "s"
+    assert bpe.decode(labels[0, -2:]) == " Blacks"
+    assert torch.isfinite(model(input_ids=source, labels=labels).loss)
+
+
+@pytest.mark.parametrize("option", [{"prompt_lookup_num_tokens": 2}, {"prefill_chunk_size": 2}])
+def test_generation_modes_that_escape_the_glue_mask_are_refused(bpe, option):
+    model = wrapped(ARCHITECTURES["gpt2"], bpe)
+    with pytest.raises(ValueError, match=f"{next(iter(option))}: not supported with the word action"):
+        model.generate(**bpe(["the Black man"], return_tensors="pt"), max_new_tokens=3, **option)
+
+
+def test_added_tokens_are_read_from_their_text_unless_special():
+    from hf_equivariant.boundaries import token_boundaries
+
+    bpe = bpe_tokenizer()
+    bpe.add_tokens(["ly", " zz"])
+    bpe.add_special_tokens({"additional_special_tokens": ["<mask>"]})
+    before, after = token_boundaries(bpe, len(bpe))
+    ly, zz, mask = (bpe.convert_tokens_to_ids(t) for t in ("ly", " zz", "<mask>"))
+    assert not before[ly] and before[zz] and before[mask] and after[mask]
