@@ -140,3 +140,26 @@ def test_distinct_rows_and_blocks_combine_like_every_copy(tokenizer, average):
     torch.testing.assert_close(combine(inner, plan, rows, average), expected, atol=1e-5, rtol=1e-5)
     blocks = (inner[i:i + 2] for i in range(0, rows.num_rows, 2))
     torch.testing.assert_close(combine(blocks, plan, rows, average), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("symmetrization", ["equitune", "multi_equitune"])
+@pytest.mark.parametrize("average", ["log_probs", "logits"])
+def test_an_inner_minus_infinity_stays_where_it_belongs(tokenizer, symmetrization, average):
+    """An inner score of -inf on one group token gives -inf where a copy's reading meets it, never NaN (the
+    mixing matrix's zeros would otherwise multiply it), and matches the naive formula everywhere."""
+    factors = [WordSwapGroup(f"f{i}", c).resolve(tokenizer) for i, c in enumerate(CLASS_LISTS)]
+    plan = plan_copies(factors, symmetrization)
+    ids = tokenizer(["the gay Black man was known for his"], return_tensors="pt")["input_ids"]
+    banned = tokenizer.convert_tokens_to_ids("she")
+
+    def model(x):
+        return toy_model(len(tokenizer))(x).index_fill(-1, torch.tensor([banned]), float("-inf"))
+
+    copies = transform_ids(ids, support_lookup(plan.support, len(tokenizer)), plan.input_maps)
+    ours = combine(model(copies), plan, CopyRows.every(plan.num_copies, len(ids)), average)
+    naive = naive_equitune if symmetrization == "equitune" else naive_multi_equitune
+    expected = naive(model, ids, tokenizer, CLASS_LISTS, average)
+    assert not ours.isnan().any() and ours.isneginf().any()
+    assert torch.equal(ours.isneginf(), expected.isneginf())
+    torch.testing.assert_close(ours.masked_fill(ours.isneginf(), 0), expected.masked_fill(expected.isneginf(), 0),
+                               atol=1e-5, rtol=1e-5)
