@@ -365,6 +365,15 @@ class WordActionOracle:
         return whole[:, None] & self.continues_word[None, :]
 
 
+def assert_no_glued_words(oracle, sequences, prompt_length):
+    """A generated token never continues a group token that began a word (the prompt may hold glued words)."""
+    for row in sequences.tolist():
+        begins, _ = oracle.word_edges(row)
+        for t in range(prompt_length - 1, len(row) - 1):
+            if row[t] in oracle.orbit_of and begins[t]:
+                assert not oracle.continues_word[row[t + 1]], oracle.tokenizer.decode(row[: t + 2])
+
+
 def assert_word_equivariant(model, oracle, ids, elements, atol=1e-4, check_mask=True) -> list[float]:
     """For every element g (shift tuple): M(g.x)[t, p_t[v]] == M(x)[t, v] for the oracle's action, and -inf
     exactly where the oracle says (unless `check_mask` is off, for negative controls, which have no mask).

@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import WordActionOracle, assert_word_equivariant
+from conftest import WordActionOracle, assert_no_glued_words, assert_word_equivariant
 
 from hf_equivariant import cli, make_equivariant, presets
 
@@ -61,7 +61,8 @@ def test_real_model_logits_are_word_equivariant(smollm, oracle, symmetrization):
     token_action = wrap(base, tokenizer, symmetrization=symmetrization, action="token")
     # The token action swaps the gender and race pieces (there is no orientation piece in these prompts);
     # the base model is not symmetrised at all.
-    for negative_control, failing in ((token_action, [(1, 0, 0), (0, 1, 0)]), (base, [(1, 0, 0), (0, 1, 0), (0, 0, 1)])):
+    controls = ((token_action, [(1, 0, 0), (0, 1, 0)]), (base, [(1, 0, 0), (0, 1, 0), (0, 0, 1)]))
+    for negative_control, failing in controls:
         for shifts in failing:
             with pytest.raises(AssertionError):
                 assert_word_equivariant(negative_control, oracle, ids, [shifts], check_mask=False)
@@ -86,15 +87,6 @@ def test_a_surname_is_not_a_gender_word(smollm):
     token_son, token_daughter = next_token_probabilities(wrap(base, tokenizer, action="token"), tokenizer,
                                                          "The report was written by Eric James", ["son", "daughter"])
     assert token_son == token_daughter  # the token action ties the pieces: the bug this action fixes
-
-
-def assert_no_glued_words(oracle, sequences, prompt_length):
-    """A generated token never continues a group token that began a word."""
-    for row in sequences.tolist():
-        begins, _ = oracle.word_edges(row)
-        for t in range(prompt_length - 1, len(row) - 1):
-            if row[t] in oracle.orbit_of and begins[t]:
-                assert not oracle.continues_word[row[t + 1]], oracle.tokenizer.decode(row[: t + 2])
 
 
 @pytest.mark.parametrize("do_sample,prompt", [(False, "His son and the Black man"), (True, "The woman worked as")],
