@@ -45,6 +45,15 @@ CONFIG_OPTIONS = tuple(name for name in EquivariantConfig.__annotations__
 SPECIAL_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 
 
+def holds_past(cache) -> bool:
+    """Whether `cache` already holds some of the sequence: attention layers count their tokens; a cache of
+    linear-attention (Mamba) layers only says whether it holds a state."""
+    try:
+        return cache.get_seq_length() > 0
+    except ValueError:
+        return cache.has_previous_state()
+
+
 def word_action(factors, tokenizer, vocab_size: int, action: str):
     """(factors, token boundaries for the config) of `action`: for "word", the tokenizer's word boundaries,
     and the factors without the forms that would begin or end words differently (see `boundaries`)."""
@@ -191,7 +200,7 @@ class EquivariantPreTrainedModel(PreTrainedModel):
 
     def check_preceding_token_ids(self, preceding_token_ids, cache) -> None:
         """With the word action, a step that continues a cached sequence must say which token precedes it."""
-        if preceding_token_ids is None and self.acts_on_words and cache is not None and cache.get_seq_length() > 0:
+        if preceding_token_ids is None and self.acts_on_words and cache is not None and holds_past(cache):
             raise ValueError(
                 "this model swaps whole words: when continuing from a cache, pass preceding_token_ids (the last "
                 "token of each row so far) so that it can tell whether the new tokens begin a word; generate() "
@@ -227,7 +236,7 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         if not self.deduplicates(cache):
             return every
         past = getattr(cache, "copy_rows", None)
-        if past is None and cache is not None and cache.get_seq_length() > 0:
+        if past is None and cache is not None and holds_past(cache):
             past = every  # a cache filled without deduplication
         # Rows are shared within one input row only (combine() adds each inner row to one input row).
         prefix = [every.owners[:, None]] + ([] if past is None else [past.inverse[:, None]])
