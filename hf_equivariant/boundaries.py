@@ -144,18 +144,23 @@ def word_forms_only(factors: list[TokenSwapGroup], boundaries, describe=str) -> 
     return kept_factors
 
 
+def word_begins(ids: torch.Tensor, before: torch.Tensor, after: torch.Tensor,
+                preceding: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, T] bool: whether a word begins where token t begins (see the module docstring)."""
+    first = torch.ones_like(ids[:, :1], dtype=torch.bool) if preceding is None else after[preceding][:, None]
+    return before[ids] | torch.cat([first, after[ids[:, :-1]]], dim=1)
+
+
 def word_occurrences(ids: torch.Tensor, before: torch.Tensor, after: torch.Tensor,
                      preceding: torch.Tensor | None = None, following: torch.Tensor | None = None) -> torch.Tensor:
     """[B, T] bool: where a word begins and ends at t (see the module docstring). `preceding` ([B]) is the
     token before ids[:, 0] when the sequence started earlier (a KV cache holds it), else None; `following`
     ([B], -100 for none) the token known to come after the last position (a seq2seq label), else None."""
-    first = torch.ones_like(ids[:, :1], dtype=torch.bool) if preceding is None else after[preceding][:, None]
     last = torch.ones_like(ids[:, :1], dtype=torch.bool)
     if following is not None:
         last = ((following < 0) | before[following.clamp(min=0)])[:, None]
-    begins = before[ids] | torch.cat([first, after[ids[:, :-1]]], dim=1)
     ends = torch.cat([before[ids[:, 1:]], last], dim=1)
-    return begins & ends
+    return word_begins(ids, before, after, preceding) & ends
 
 
 def act_on_words(ids: torch.Tensor, permutation: torch.Tensor, before: torch.Tensor, after: torch.Tensor):
@@ -167,8 +172,7 @@ def glued_words(ids: torch.Tensor, support: torch.Tensor, before: torch.Tensor, 
                 start: int = 0) -> int:
     """How many support tokens at positions >= `start` of [B, T] ids begin a word and are continued by the next
     token (a group word glued to a piece: " Black"+"stone" is one, " Black"+" man" is not)."""
-    first = torch.ones_like(ids[:, :1], dtype=torch.bool)
-    begins = before[ids] | torch.cat([first, after[ids[:, :-1]]], dim=1)
+    begins = word_begins(ids, before, after)
     glued = torch.isin(ids[:, :-1], support) & begins[:, :-1] & ~before[ids[:, 1:]]
     return int(glued[:, start:].sum())
 

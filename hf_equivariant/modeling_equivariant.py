@@ -289,8 +289,9 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         acted = glued = None
         if occurrences is not None:
             kept = logits_to_keep if torch.is_tensor(logits_to_keep) else slice(-logits_to_keep or None, None)
-            acted = boundaries.acted_columns(ids, self.plan_before, self.plan_after, self.plan_support)[:, kept]
-            glued = boundaries.glue_positions(ids, occurrences, self.plan_lookup)[:, kept]
+            ids, occurrences = ids[:, kept], occurrences[:, kept]  # only the positions whose scores are kept
+            acted = boundaries.acted_columns(ids, self.plan_before, self.plan_after, self.plan_support)
+            glued = boundaries.glue_positions(ids, occurrences, self.plan_lookup)
         combined = combine(map(logits, self.inner_blocks(rows.num_rows, uses_cache)), self.plan, rows,
                            self.config.average, acted)
         if glued is not None:
