@@ -19,6 +19,7 @@ from transformers import initialization as init
 from . import boundaries
 from .configuration_equivariant import EquivariantConfig
 from .groups import resolve_groups
+from .methods import DEFAULT_SYMMETRIZATION
 from .symmetrize import CopyPlan, CopyRows, combine, expand_rows, plan_copies, support_lookup, transform_ids
 
 HUB_KWARGS = (
@@ -32,8 +33,8 @@ HUB_KWARGS = (
     "trust_remote_code",
     "gguf_file",
 )
-PLAN_BUFFERS = ("plan_support", "plan_lookup", "plan_input_maps", "plan_weights", "plan_mixing", "plan_before",
-                "plan_after")
+PLAN_BUFFERS = ("plan_support", "plan_lookup", "plan_input_maps", "plan_weights", "plan_mixing", "plan_branches",
+                "plan_before", "plan_after")
 FLOAT_PLAN_BUFFERS = ("plan_weights", "plan_mixing")  # float32 whatever the model's dtype
 # Per-layer outputs of the inner model, returned for one copy of each input row (see symmetrised_logits).
 LAYER_OUTPUTS = ("hidden_states", "attentions", "decoder_hidden_states", "decoder_attentions", "cross_attentions")
@@ -154,7 +155,7 @@ class EquivariantPreTrainedModel(PreTrainedModel):
             plan = plan_copies(self.config.factors, self.config.symmetrization)
             lookup = support_lookup(plan.support, vocab_size)
             before, after = boundaries.decode_boundaries(self.config.token_boundaries, vocab_size)
-        tensors = (plan.support, lookup, plan.input_maps, plan.weights, plan.mixing, before, after)
+        tensors = (plan.support, lookup, plan.input_maps, plan.weights, plan.mixing, plan.branches, before, after)
         return dict(zip(PLAN_BUFFERS, tensors))
 
     def _init_weights(self, module):
@@ -175,11 +176,12 @@ class EquivariantPreTrainedModel(PreTrainedModel):
 
     @property
     def plan(self) -> CopyPlan:
-        return CopyPlan(self.plan_support, self.plan_input_maps, self.plan_weights, self.plan_mixing)
+        return CopyPlan(self.plan_support, self.plan_input_maps, self.plan_weights, self.plan_mixing,
+                        self.plan_branches)
 
     @property
     def num_copies(self) -> int:
-        """Inner rows per input row: prod |Gi| (equitune) or sum |Gi| (multi_equitune)."""
+        """Inner rows per input row (the method's copies: prod |Gi| for equitune, sum |Gi| for multi_equitune)."""
         return self.plan_input_maps.shape[0]
 
     @property
@@ -373,7 +375,7 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         model: PreTrainedModel,
         groups,
         tokenizer=None,
-        symmetrization: str = "multi_equitune",
+        symmetrization: str = DEFAULT_SYMMETRIZATION,
         average: str = "log_probs",
         action: str = "word",
         **options,

@@ -1,7 +1,9 @@
 """Symmetrisation of a model over a product of word-swap groups, as pure tensor functions.
 
 A *plan* lists the K copies of an input that go through the inner model M, and how their outputs
-z_k (log-probabilities, logits or probabilities over the vocabulary) combine into one output:
+z_k (log-probabilities, logits or probabilities over the vocabulary) combine into one output; it is a
+registered method's `methods.ElementPlan` (copies and terms as group elements) realised on token ids.
+For example
 
   equitune        K = prod |Gi|:  y = 1/|G| sum_g  g^-1 . M(g . x)
   multi_equitune  K = sum |Gi|:   y = 1/N sum_i Sym_{-i}( 1/|Gi| sum_{g in Gi} g^-1 . M(g . c_{-i}(x)) )
@@ -17,41 +19,39 @@ the copies; on the support it is a small [u x u] mixing per copy. So
 
 from __future__ import annotations
 
-import itertools
-import math
 from dataclasses import dataclass
 
 import torch
 
 from .groups import TokenSwapGroup
+from .methods import get_symmetrization
 
-SYMMETRIZATIONS = ("equitune", "multi_equitune")
 AVERAGES = ("log_probs", "logits", "probs")
 
 
 @dataclass(frozen=True)
 class CopyPlan:
-    """The copies of an input and how their outputs combine (see the module docstring)."""
+    """The copies of an input and how their outputs combine (see the module docstring): a method's
+    `ElementPlan` realised on token ids."""
 
     support: torch.Tensor  # [u] long, the token ids moved by some factor
     input_maps: torch.Tensor  # [K, u] long, the token that support[j] becomes in copy k
     weights: torch.Tensor  # [K] float, weight of copy k on columns off the support
     mixing: torch.Tensor  # [K, u, u] float
+    branches: torch.Tensor  # [K] long, the plan's branches (see `methods`)
 
     @property
     def num_copies(self) -> int:
         return self.input_maps.shape[0]
 
 
-def count_copies(orders: list[int], symmetrization: str) -> int:
-    """Inner passes per input row: prod |Gi| for equitune, sum |Gi| for multi_equitune (equal for one factor)."""
-    return math.prod(orders) if symmetrization == "equitune" or len(orders) <= 1 else sum(orders)
-
-
 def plan_copies(factors: list[TokenSwapGroup], symmetrization: str = "multi_equitune") -> CopyPlan:
-    """Build the copy plan of a product of commuting factors."""
-    if symmetrization not in SYMMETRIZATIONS:
-        raise ValueError(f"unknown symmetrization {symmetrization!r}, choose one of {SYMMETRIZATIONS}")
+    """The copy plan of the registered method `symmetrization` over a product of commuting factors.
+
+    Element e of factor i is its permutation table e; canonicalising factor i maps every class's word to
+    the class-0 word of its orbit. The factors move disjoint tokens, so their maps compose in any order.
+    """
+    elements = get_symmetrization(symmetrization).plan([f.order for f in factors])
     support = sorted(t for f in factors for t in f.support)
     local = {t: j for j, t in enumerate(support)}
     u = len(support)
@@ -60,39 +60,27 @@ def plan_copies(factors: list[TokenSwapGroup], symmetrization: str = "multi_equi
     def local_tables(table: torch.Tensor) -> torch.Tensor:  # a [..., V] token map restricted to the support
         return torch.tensor([local[t] for t in table[..., support].flatten().tolist()]).view(*table.shape[:-1], u)
 
-    perms = [local_tables(f.permutation_tables()) for f in factors]  # [|Gi|, u] each
-    canons = [local_tables(f.canonicalizer()) for f in factors]  # [u] each
+    # per factor, its elements' maps on the support, then (row CANONICAL = -1) its canonicaliser
+    tables = [torch.cat([local_tables(f.permutation_tables()), local_tables(f.canonicalizer())[None]])
+              for f in factors]
 
-    def compose(maps) -> torch.Tensor:  # maps act on disjoint parts of the support, so order is irrelevant
-        out = identity
-        for m in maps:
-            out = m[out]
+    def maps(chosen: torch.Tensor) -> torch.Tensor:  # [M, N] elements -> [M, u] local maps
+        out = identity.expand(chosen.shape[0], u)
+        for i, table in enumerate(tables):
+            out = torch.gather(table[chosen[:, i]], 1, out)
         return out
 
-    copies = []  # (input map, [(weight, read map)]): y[v] += weight * z_copy[read(v)]
-    if symmetrization == "equitune" or len(factors) <= 1:
-        elements = [compose(g) for g in itertools.product(*perms)]
-        copies = [(g, [(1.0 / len(elements), g)]) for g in elements]
-    else:
-        for i, own in enumerate(perms):
-            others = [p for j, p in enumerate(perms) if j != i]
-            canonical = compose(c for j, c in enumerate(canons) if j != i)
-            symmetrisers = [compose(h) for h in itertools.product(*others)]
-            weight = 1.0 / (len(factors) * len(own) * len(symmetrisers))
-            for g in own:
-                copies.append((g[canonical], [(weight, g[h]) for h in symmetrisers]))
-
-    mixing = torch.zeros(len(copies), u, u, dtype=torch.float64)
-    for k, (_, reads) in enumerate(copies):
-        for weight, read in reads:
-            mixing[k, read, identity] += weight
-    weights = torch.tensor([sum(w for w, _ in reads) for _, reads in copies], dtype=torch.float64)
+    reads = maps(elements.term_elements)  # [R, u]: term t adds weight * z_k[read(j)] to column j
+    mixing = torch.zeros(elements.num_copies, u, u, dtype=torch.float64)
+    mixing.index_put_((elements.term_copies[:, None].expand_as(reads), reads, identity.expand_as(reads)),
+                      elements.term_weights[:, None].expand_as(reads).clone(), accumulate=True)
     support_ids = torch.tensor(support, dtype=torch.long)
     return CopyPlan(
         support=support_ids,
-        input_maps=support_ids[torch.stack([m for m, _ in copies])],
-        weights=weights.float(),
+        input_maps=support_ids[maps(elements.inputs)],
+        weights=elements.copy_weights.float(),
         mixing=mixing.float(),
+        branches=elements.branches,
     )
 
 
