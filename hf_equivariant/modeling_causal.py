@@ -62,7 +62,7 @@ class EquivariantModelForCausalLM(EquivariantPreTrainedModel, GenerationMixin):
         self.check_preceding_token_ids(preceding_token_ids, cache)
         occurrences = self.word_occurrences(input_ids, preceding_token_ids)
         copies = self.transform_ids(input_ids, occurrences)
-        rows = self.copy_rows(copies, input_ids.shape[0], cache)
+        rows = self.assign_rows_and_reorder_cache(copies, input_ids.shape[0], cache)
         per_row = dict(attention_mask=attention_mask, position_ids=position_ids, **kwargs)
 
         def run_inner(block):

@@ -20,7 +20,8 @@ from . import boundaries
 from .configuration_equivariant import EquivariantConfig
 from .groups import resolve_groups
 from .methods import DEFAULT_SYMMETRIZATION
-from .symmetrize import CopyPlan, CopyRows, combine, expand_rows, plan_copies, support_lookup, transform_ids
+from .rows import CacheRows, CopyRows, expand_rows, holds_past
+from .symmetrize import CopyPlan, combine, plan_copies, support_lookup, transform_ids
 
 HUB_KWARGS = (
     "cache_dir",
@@ -44,15 +45,6 @@ UNBATCHED = frozenset({"cache_position", "logits_to_keep"})  # tensors over posi
 CONFIG_OPTIONS = tuple(name for name in EquivariantConfig.__annotations__
                        if name not in ("text_config", "groups", "action", "token_boundaries"))
 SPECIAL_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
-
-
-def holds_past(cache) -> bool:
-    """Whether `cache` already holds some of the sequence: attention layers count their tokens; a cache of
-    linear-attention (Mamba) layers only says whether it holds a state."""
-    try:
-        return cache.get_seq_length() > 0
-    except ValueError:
-        return cache.has_previous_state()
 
 
 def word_action(factors, tokenizer, vocab_size: int, action: str):
@@ -113,6 +105,7 @@ class EquivariantPreTrainedModel(PreTrainedModel):
                 'classes do not pass the tokenizer on), or use action="token"'
             )
         super().__init__(config)
+        self.cache_rows = CacheRows()  # the copy rows of the KV caches this model fills
         if model is None:
             model = self.auto_model_class.from_config(config.text_config)
         else:
@@ -226,29 +219,14 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         """[B, T] -> [K*B, T]: every copy of every row, copy-major; only `occurrences` are acted on if given."""
         return transform_ids(ids, self.plan_lookup, self.plan_input_maps, occurrences)
 
-    def copy_rows(self, keys: torch.Tensor, batch_size: int, cache=None) -> CopyRows:
-        """The inner rows that compute the K*B copy rows, whose histories `keys` ([K*B, L]) describe.
-
-        With `config.deduplicate`, copies with equal histories share an inner row. With a KV cache, a
-        copy's history is its cache row plus its new tokens: copies that shared a row and now receive
-        different tokens fork it (the cache is reordered, as in beam search), so the cache keeps one row
-        per distinct history. Compileable (static) caches keep all K*B rows.
+    def assign_rows_and_reorder_cache(self, keys: torch.Tensor, batch_size: int, cache=None) -> CopyRows:
+        """The inner rows that compute the K*B copy rows, whose new tokens `keys` ([K*B, L]) describe, and
+        `cache` reordered to hold their pasts (see `rows.CacheRows`). With `config.deduplicate`, copies with
+        equal histories share an inner row and a cache row; compileable (static) caches keep all K*B rows.
         """
-        every = CopyRows.every(self.num_copies, batch_size, keys.device)
         if not self.deduplicates(cache):
-            return every
-        past = getattr(cache, "copy_rows", None)
-        if past is None and cache is not None and holds_past(cache):
-            past = every  # a cache filled without deduplication
-        # Rows are shared within one input row only (combine() adds each inner row to one input row).
-        prefix = [every.owners[:, None]] + ([] if past is None else [past.inverse[:, None]])
-        rows = CopyRows.distinct(torch.cat([*prefix, keys], dim=1), batch_size)
-        if past is not None:
-            index = past.inverse[rows.representatives]
-            if index.shape[0] != past.num_rows or not torch.equal(index, torch.arange(past.num_rows,
-                                                                                      device=index.device)):
-                cache.reorder_cache(index)
-        return rows
+            return CopyRows.every(self.num_copies, batch_size, keys.device)
+        return self.cache_rows.assign_rows_and_reorder_cache(keys, self.num_copies, batch_size, cache)
 
     def deduplicates(self, cache=None) -> bool:
         """Whether copies share inner rows: `config.deduplicate`, except with compileable (static) caches."""
@@ -302,8 +280,8 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         copy_zero = rows.inverse[: rows.batch_size]  # the inner row of copy 0 of each input row
         for name in layers[0]:
             output[name] = tuple(torch.cat(layer)[copy_zero] for layer in zip(*(block[name] for block in layers)))
-        if output.cache is not None and self.deduplicates(output.cache):
-            output.cache.copy_rows = rows
+        if output.cache is not None:
+            self.cache_rows.record(output.cache, rows if self.deduplicates(output.cache) else None)
         return combined, output
 
     def prepare_inputs_for_generation(self, input_ids, **kwargs):
@@ -328,12 +306,10 @@ class EquivariantPreTrainedModel(PreTrainedModel):
     def _reorder_cache(self, cache, beam_idx: torch.Tensor):
         """Beam search reorders B rows: the copy rows follow, and the cache keeps the rows still used."""
         index = expand_rows(beam_idx, self.num_copies, beam_idx.shape[0])
-        past = getattr(cache, "copy_rows", None) if self.deduplicates(cache) else None
-        if past is None:
+        if self.deduplicates(cache):
+            self.cache_rows.reorder_for_beams(cache, index)
+        else:
             cache.reorder_cache(index)
-            return cache
-        cache.copy_rows, kept = past.reorder(index)
-        cache.reorder_cache(kept)
         return cache
 
     def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):

@@ -37,7 +37,7 @@ class CopiesEncoder(nn.Module):
                 return_dict=True):
         wrapper = self.wrapper
         copies = wrapper.transform_ids(input_ids, wrapper.word_occurrences(input_ids))
-        rows = wrapper.copy_rows(copies, input_ids.shape[0])
+        rows = wrapper.assign_rows_and_reorder_cache(copies, input_ids.shape[0])
         encoded = wrapper.model.get_encoder()(
             input_ids=copies[rows.representatives],
             attention_mask=batch_rows(attention_mask, rows.owners, input_ids.shape[0]),
@@ -114,11 +114,11 @@ class EquivariantModelForSeq2SeqLM(EquivariantPreTrainedModel, GenerationMixin):
         occurrences = self.word_occurrences(decoder_input_ids, preceding_token_ids, following)
         decoder_copies = self.transform_ids(decoder_input_ids, occurrences)
         keys = decoder_copies
-        if self.deduplicates(cache) and getattr(cache, "copy_rows", None) is None:
+        if self.deduplicates(cache) and self.cache_rows.of(cache) is None:
             # a fresh history starts with the encoder output: equal encoder copies are equal rows of it
             encoded_as = torch.unique(hidden.flatten(1), dim=0, return_inverse=True)[1]
             keys = torch.cat([encoded_as[:, None], decoder_copies], dim=1)
-        rows = self.copy_rows(keys, decoder_input_ids.shape[0], cache)
+        rows = self.assign_rows_and_reorder_cache(keys, decoder_input_ids.shape[0], cache)
         per_row = dict(attention_mask=attention_mask, decoder_attention_mask=decoder_attention_mask, **kwargs)
 
         def run_inner(block):

@@ -25,6 +25,7 @@ import torch
 
 from .groups import TokenSwapGroup
 from .methods import get_symmetrization
+from .rows import CopyRows
 
 AVERAGES = ("log_probs", "logits", "probs")
 
@@ -101,56 +102,6 @@ def transform_ids(ids: torch.Tensor, lookup: torch.Tensor, input_maps: torch.Ten
     mapped = input_maps[:, position.clamp(min=0)]  # [K, B, ...]
     moved = position >= 0 if acts is None else (position >= 0) & acts
     return torch.where(moved, mapped, ids).flatten(0, 1)
-
-
-@dataclass(frozen=True)
-class CopyRows:
-    """Which inner row computes each copy row: copy row r = k*B + b is computed by inner row inverse[r].
-
-    Copies of one input row that are equal token for token (a prompt without any word of a factor gives
-    |Gi| equal copies in that factor's branch) share an inner row; `representatives[u]` is a copy row that
-    inner row u computes, `owners` the input row it belongs to.
-    """
-
-    inverse: torch.Tensor  # [K*B] long
-    representatives: torch.Tensor  # [U] long
-    batch_size: int
-
-    @property
-    def owners(self) -> torch.Tensor:
-        return self.representatives % self.batch_size
-
-    @property
-    def num_rows(self) -> int:
-        return self.representatives.shape[0]
-
-    @classmethod
-    def every(cls, num_copies: int, batch_size: int, device=None) -> CopyRows:
-        """One inner row per copy row (no deduplication)."""
-        rows = torch.arange(num_copies * batch_size, device=device)
-        return cls(rows, rows, batch_size)
-
-    @classmethod
-    def distinct(cls, keys: torch.Tensor, batch_size: int) -> CopyRows:
-        """One inner row per distinct key row ([K*B, L] long). For `combine`, the keys must tell input rows
-        apart (an inner row may serve one input row only)."""
-        _, inverse = torch.unique(keys, dim=0, return_inverse=True)
-        rows = torch.arange(keys.shape[0], device=keys.device)
-        first = torch.full((int(inverse.max()) + 1,), keys.shape[0], device=keys.device)
-        return cls(inverse, first.scatter_reduce(0, inverse, rows, "amin"), batch_size)
-
-    def reorder(self, index: torch.Tensor) -> tuple[CopyRows, torch.Tensor]:
-        """After copy row r takes the history of copy row index[r] (beam search): the new rows, and the
-        old inner rows they keep, in order. Beams may now share rows: these rows describe a KV cache
-        (the past of the next step), not outputs to combine."""
-        kept, inverse = torch.unique(self.inverse[index], return_inverse=True)
-        return CopyRows.distinct(inverse[:, None], self.batch_size), kept
-
-
-def expand_rows(index: torch.Tensor, num_copies: int, batch_size: int) -> torch.Tensor:
-    """Map a row index over B rows (e.g. beam reordering) to the same index over all K*B copy rows."""
-    offsets = torch.arange(num_copies, device=index.device) * batch_size
-    return (offsets[:, None] + index[None, :]).flatten()
 
 
 def combine(outputs, plan: CopyPlan, rows: CopyRows, average: str = "log_probs",

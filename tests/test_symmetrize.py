@@ -8,7 +8,8 @@ from conftest import GENDER_CLASSES, ORIENTATION_CLASSES, RACE_CLASSES, all_elem
 
 from hf_equivariant import TokenSwapGroup, WordSwapGroup
 from hf_equivariant.methods import count_copies
-from hf_equivariant.symmetrize import CopyRows, combine, plan_copies, support_lookup, transform_ids
+from hf_equivariant.rows import CopyRows
+from hf_equivariant.symmetrize import combine, plan_copies, support_lookup, transform_ids
 
 CLASS_LISTS = [GENDER_CLASSES, RACE_CLASSES, ORIENTATION_CLASSES]
 
