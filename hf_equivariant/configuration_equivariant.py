@@ -22,6 +22,7 @@ class EquivariantConfig(PreTrainedConfig):
             vocabulary size), so a saved model needs no tokenizer to rebuild its group.
         symmetrization: the name of a registered method (`methods.register_symmetrization`):
             "multi_equitune" (sum |Gi| inner passes), "equitune" (prod |Gi|), ...
+        method_options: keyword arguments of the method's copy weights (equizero's `proxy_loss`, ...).
         average: what the copies' outputs average: "log_probs", "logits" or "probs".
         action: "word" (the group swaps whole words only, never the pieces of a longer word; see
             `boundaries`) or "token" (every occurrence of a support token). Configs saved before the word
@@ -42,6 +43,7 @@ class EquivariantConfig(PreTrainedConfig):
     text_config: PreTrainedConfig | dict | None = None
     groups: list | None = None
     symmetrization: str = DEFAULT_SYMMETRIZATION
+    method_options: dict | None = None
     average: str = "log_probs"
     action: str = "word"
     token_boundaries: dict | None = None

@@ -133,13 +133,24 @@ class CopyWeights(nn.Module):
         raise NotImplementedError
 
 
+def branch_scale(weights: torch.Tensor, branches: torch.Tensor) -> torch.Tensor:
+    """[K, B, ...] weights a_k >= 0 -> factors on the plan's copy weights: |b| * a_k / sum_{j in b} a_j for the
+    branch b of copy k (1 where the weights are equal across the branch)."""
+    column = branches.view(-1, *[1] * (weights.dim() - 1))
+    num_branches = int(branches.max()) + 1
+    totals = weights.new_zeros(num_branches, *weights.shape[1:]).scatter_add_(0, column.expand_as(weights), weights)
+    sizes = torch.bincount(branches, minlength=num_branches).to(weights.dtype)
+    return weights * sizes[column] / totals[branches]
+
+
 @dataclass(frozen=True)
 class SymmetrizationMethod:
     """A symmetrisation method (see the module docstring).
 
     - `plan(orders)`: its copy plan.
-    - `weights(**options)`: its input-dependent copy weights (a `CopyWeights` module; the options are
-      `EquivariantConfig.method_options`), or None for the plan's fixed weights.
+    - `weights(config, **options)`: its input-dependent copy weights, a `CopyWeights` module built from the
+      wrapper's `EquivariantConfig` (the inner model's sizes are in `config.text_config`) and
+      `config.method_options`; or None for the plan's fixed weights.
     - `citation`: the paper, as the model card cites it; `description`: one line for the card.
     - `trainable`: whether its weights module has parameters to train.
     """

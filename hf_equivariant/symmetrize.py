@@ -104,8 +104,67 @@ def transform_ids(ids: torch.Tensor, lookup: torch.Tensor, input_maps: torch.Ten
     return torch.where(moved, mapped, ids).flatten(0, 1)
 
 
+class Pool:
+    """The running combination of the inner rows' outputs, fed in consecutive blocks (see `combine`).
+
+    `scale` ([K, B, ...] over the scored positions, or None): input-dependent factors on the plan's copy
+    weights (`methods.branch_scale` of a method's `CopyWeights`); a copy with factor 0 is left out, so
+    that its scores (even -inf) never reach the result.
+    """
+
+    def __init__(self, plan: CopyPlan, rows: CopyRows, average: str = "log_probs",
+                 scale: torch.Tensor | None = None):
+        if average not in AVERAGES:
+            raise ValueError(f"unknown average {average!r}, choose one of {AVERAGES}")
+        self.plan, self.rows, self.average, self.scale = plan, rows, average, scale
+        device = rows.inverse.device
+        copy_weights = plan.weights.repeat_interleave(rows.batch_size).to(device)  # [K*B]
+        if scale is not None:
+            copy_weights = copy_weights.view(-1, *[1] * (scale.dim() - 2)) * scale.flatten(0, 1)
+        self.row_weights = torch.zeros(rows.num_rows, *copy_weights.shape[1:], device=device).index_add_(
+            0, rows.inverse, copy_weights)  # [U] or [U, ...]: the weight of each inner row on columns off the support
+        self.y, self.on_support, self.start = None, [], 0
+
+    def add(self, block: torch.Tensor) -> None:
+        """The inner logits [n, ..., V] of the next n inner rows."""
+        z = block.float()
+        if self.average == "log_probs":
+            z = z.log_softmax(-1)
+        elif self.average == "probs":
+            z = z.double().softmax(-1)  # float64: tiny probabilities do not underflow before the log
+        end = self.start + z.shape[0]
+        weights = self.row_weights[self.start:end]
+        weights = weights.view(*weights.shape, *[1] * (z.dim() - weights.dim()))
+        weighted = z * weights
+        if self.scale is not None:
+            weighted = weighted.masked_fill(weights == 0, 0)  # a left-out row's -inf: 0 * -inf would be NaN
+        if self.y is None:
+            self.y = z.new_zeros(self.rows.batch_size, *z.shape[1:])
+        self.y = self.y.index_add(0, self.rows.owners[self.start:end], weighted)
+        self.on_support.append(z[..., self.plan.support])
+        self.start = end
+
+    def result(self, acted: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, ..., V] symmetrised scores, once every inner row was added (`acted`: see `combine`)."""
+        plan, rows, y = self.plan, self.rows, self.y
+        z_support = torch.cat(self.on_support)[rows.inverse].unflatten(0, (plan.num_copies, rows.batch_size))
+        mixing = plan.mixing.to(y.dtype)
+        minus_infinity = torch.isneginf(z_support)
+        z_support = z_support.masked_fill(minus_infinity, 0)
+        if self.scale is not None:
+            z_support = z_support * self.scale[..., None].to(y.dtype)
+            minus_infinity = minus_infinity & (self.scale[..., None] > 0)
+        mixed = torch.einsum("k...j,kjw->...w", z_support, mixing)
+        reads_minus_infinity = torch.einsum("k...j,kjw->...w", minus_infinity.to(y.dtype), (mixing != 0).to(y.dtype))
+        mixed = mixed.masked_fill(reads_minus_infinity > 0, float("-inf"))
+        if acted is not None:
+            mixed = torch.where(acted, mixed, y[..., plan.support])
+        y = y.index_copy(-1, plan.support, mixed)
+        return y.log().float() if self.average == "probs" else y
+
+
 def combine(outputs, plan: CopyPlan, rows: CopyRows, average: str = "log_probs",
-            acted: torch.Tensor | None = None) -> torch.Tensor:
+            acted: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> torch.Tensor:
     """Inner logits of the distinct rows -> [B, ..., V] symmetrised logits.
 
     `outputs` is the [U, ..., V] tensor of the inner rows of `rows`, or an iterable of consecutive
@@ -114,34 +173,10 @@ def combine(outputs, plan: CopyPlan, rows: CopyRows, average: str = "log_probs",
     log, so that softmax gives the averaged distribution). `acted` ([B, ..., u] bool) says on which
     support columns the group acts at each position; the others are fixed columns, combined like the
     columns off the support (the word action of `boundaries`). A score of -inf in a copy that a column
-    reads gives -inf there (the mixing's zero weights never meet it: 0 * -inf would be NaN).
+    reads gives -inf there (the mixing's zero weights never meet it: 0 * -inf would be NaN). `scale`:
+    input-dependent factors on the copy weights (see `Pool`).
     """
-    if average not in AVERAGES:
-        raise ValueError(f"unknown average {average!r}, choose one of {AVERAGES}")
-    blocks = [outputs] if isinstance(outputs, torch.Tensor) else outputs
-    weights = torch.zeros(rows.num_rows, device=rows.inverse.device).index_add_(
-        0, rows.inverse, plan.weights.repeat_interleave(rows.batch_size).to(rows.inverse.device))
-    y, on_support, start = None, [], 0
-    for block in blocks:
-        z = block.float()
-        if average == "log_probs":
-            z = z.log_softmax(-1)
-        elif average == "probs":
-            z = z.double().softmax(-1)  # float64: tiny probabilities do not underflow before the log
-        end = start + z.shape[0]
-        weighted = z * weights[start:end].view(-1, *[1] * (z.dim() - 1))
-        if y is None:
-            y = z.new_zeros(rows.batch_size, *z.shape[1:])
-        y = y.index_add(0, rows.owners[start:end], weighted)
-        on_support.append(z[..., plan.support])
-        start = end
-    z_support = torch.cat(on_support)[rows.inverse].unflatten(0, (plan.num_copies, rows.batch_size))
-    mixing = plan.mixing.to(y.dtype)
-    minus_infinity = torch.isneginf(z_support)
-    mixed = torch.einsum("k...j,kjw->...w", z_support.masked_fill(minus_infinity, 0), mixing)
-    reads_minus_infinity = torch.einsum("k...j,kjw->...w", minus_infinity.to(y.dtype), (mixing != 0).to(y.dtype))
-    mixed = mixed.masked_fill(reads_minus_infinity > 0, float("-inf"))
-    if acted is not None:
-        mixed = torch.where(acted, mixed, y[..., plan.support])
-    y = y.index_copy(-1, plan.support, mixed)
-    return y.log().float() if average == "probs" else y
+    pool = Pool(plan, rows, average, scale)
+    for block in [outputs] if isinstance(outputs, torch.Tensor) else outputs:
+        pool.add(block)
+    return pool.result(acted)
