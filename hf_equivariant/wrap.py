@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
 
 from .configuration_equivariant import EquivariantConfig
+from .methods import DEFAULT_SYMMETRIZATION
 from .modeling_causal import EquivariantModelForCausalLM
 from .modeling_seq2seq import EquivariantModelForSeq2SeqLM
 
@@ -13,7 +14,7 @@ def make_equivariant(
     model: PreTrainedModel,
     groups,
     tokenizer=None,
-    symmetrization: str = "multi_equitune",
+    symmetrization: str = DEFAULT_SYMMETRIZATION,
     average: str = "log_probs",
     action: str = "word",
 ):
@@ -22,7 +23,7 @@ def make_equivariant(
     `groups` are `WordSwapGroup`s (resolved with `tokenizer`) or already resolved `TokenSwapGroup`s.
     `action="word"` swaps whole words only (the tokenizer says where words begin and end),
     `action="token"` every occurrence of a group token. The wrapper shares the model's weights and leaves
-    them untouched.
+    them untouched. `symmetrization` names a registered method (`methods.register_symmetrization`).
     """
     wrapper = EquivariantModelForSeq2SeqLM if model.config.is_encoder_decoder else EquivariantModelForCausalLM
     return wrapper.from_base_model(model, groups, tokenizer, symmetrization, average, action)
