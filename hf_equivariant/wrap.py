@@ -22,10 +22,27 @@ def make_equivariant(
     `groups` are `WordSwapGroup`s (resolved with `tokenizer`) or already resolved `TokenSwapGroup`s.
     `action="word"` swaps whole words only (the tokenizer says where words begin and end),
     `action="token"` every occurrence of a group token. The wrapper shares the model's weights and leaves
-    them untouched.
+    them untouched. A peft `PeftModel` is wrapped through its transformers model, with the adapter's layers
+    in place: the wrapper computes M = base + adapter on every copy, and peft's switches (`disable_adapter`,
+    `set_adapter`, `merge_and_unload`) act on it.
     """
+    model = inner_transformers_model(model)
     wrapper = EquivariantModelForSeq2SeqLM if model.config.is_encoder_decoder else EquivariantModelForCausalLM
     return wrapper.from_base_model(model, groups, tokenizer, symmetrization, average, action)
+
+
+def inner_transformers_model(model) -> PreTrainedModel:
+    """`model` itself, or the transformers model inside a peft `PeftModel`; refuses anything else."""
+    if isinstance(model, PreTrainedModel):
+        return model
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return model.get_base_model()
+    raise TypeError(
+        f"make_equivariant wraps a transformers PreTrainedModel or a peft PeftModel, got {type(model).__name__}; "
+        f"load the model with AutoModelForCausalLM / AutoModelForSeq2SeqLM.from_pretrained"
+    )
 
 
 def register_auto_classes() -> None:
