@@ -30,6 +30,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
+import jinja2
 import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -49,6 +50,12 @@ from .configuration_equivariant import EquivariantConfig
 from .wrap import make_equivariant
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = False
+
+
 class SamplingRequest(BaseModel):
     """What both routes share. Fields outside the OpenAI schema's supported part are refused (400)."""
 
@@ -62,6 +69,7 @@ class SamplingRequest(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
     n: Literal[1] = 1
 
     def generation_settings(self) -> dict:
@@ -308,8 +316,8 @@ def create_app(model, tokenizer, model_name: str, max_batch_size: int = 8, batch
     """
     if model.config.is_encoder_decoder:
         raise ValueError("the server serves causal LMs; a seq2seq model has no chat or completion prompt to continue")
-    tokenizer = copy.copy(tokenizer)
-    if tokenizer.pad_token is None:
+    if tokenizer.pad_token is None:  # batches are left-padded; the caller's tokenizer is left as it is
+        tokenizer = copy.deepcopy(tokenizer)
         tokenizer.pad_token = tokenizer.eos_token
     batcher = GenerationBatcher(model, tokenizer, max_batch_size, batch_wait_s)
     text_config = model.config.get_text_config(decoder=True)
@@ -357,6 +365,16 @@ def create_app(model, tokenizer, model_name: str, max_batch_size: int = 8, batch
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
+    def with_usage(request: SamplingRequest, chunks, final):
+        """`chunks`, then, if the request asks for it (stream_options.include_usage), `final` with the usage."""
+        async def stream():
+            async for chunk in chunks:
+                yield chunk
+            if request.stream_options and request.stream_options.include_usage:
+                yield final()
+
+        return stream()
+
     def usage(job: Job) -> CompletionUsage:
         return CompletionUsage(prompt_tokens=len(job.prompt_ids), completion_tokens=len(job.ids),
                                total_tokens=len(job.prompt_ids) + len(job.ids))
@@ -372,10 +390,12 @@ def create_app(model, tokenizer, model_name: str, max_batch_size: int = 8, batch
         job = submit(request, tokenizer(request.prompt)["input_ids"], request.max_tokens)
         request_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
-        def completion(text: str, finish_reason=None, **extra) -> Completion:
-            choice = CompletionChoice.model_construct(index=0, text=text, finish_reason=finish_reason, logprobs=None)
+        def completion(text: str | None, finish_reason=None, **extra) -> Completion:
+            """A completion (or chunk) with one choice; with text None, none (the usage chunk of a stream)."""
+            choices = [] if text is None else [
+                CompletionChoice.model_construct(index=0, text=text, finish_reason=finish_reason, logprobs=None)]
             return Completion.model_construct(id=request_id, object="text_completion", created=created,
-                                              model=model_name, choices=[choice], **extra)
+                                              model=model_name, choices=choices, **extra)
 
         if request.stream:
             async def chunks():
@@ -384,7 +404,7 @@ def create_app(model, tokenizer, model_name: str, max_batch_size: int = 8, batch
                         yield completion(text)
                 yield completion("", job.finish_reason)
 
-            return sse(chunks())
+            return sse(with_usage(request, chunks(), lambda: completion(None, usage=usage(job))))
         text, finish_reason = await job.result()
         return completion(text, finish_reason, usage=usage(job)).model_dump(exclude_none=True)
 
@@ -394,7 +414,10 @@ def create_app(model, tokenizer, model_name: str, max_batch_size: int = 8, batch
         if not tokenizer.chat_template:
             raise HTTPException(400, f"{model_name} has no chat template: use /v1/completions")
         messages = [m.model_dump() for m in request.messages]
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        try:
+            prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except jinja2.TemplateError as error:  # the template refuses these messages (say, roles out of turn)
+            raise HTTPException(400, f"the chat template refuses these messages: {error}") from None
         max_tokens = request.max_completion_tokens or request.max_tokens or chat_max_tokens
         job = submit(request, tokenizer(prompt, add_special_tokens=False)["input_ids"], max_tokens)
         request_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -412,7 +435,9 @@ def create_app(model, tokenizer, model_name: str, max_batch_size: int = 8, batch
                         yield chunk(ChoiceDelta(content=text))
                 yield chunk(ChoiceDelta(), job.finish_reason)
 
-            return sse(chunks())
+            return sse(with_usage(request, chunks(), lambda: ChatCompletionChunk.model_construct(
+                id=request_id, object="chat.completion.chunk", created=created, model=model_name, choices=[],
+                usage=usage(job))))
         text, finish_reason = await job.result()
         message = ChatCompletionMessage(role="assistant", content=text)
         return ChatCompletion(id=request_id, object="chat.completion", created=created, model=model_name,

@@ -144,6 +144,11 @@ def test_streaming_equals_non_streaming(client):
         assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
         assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
 
+    # with stream_options.include_usage, a last chunk without choices carries the usage of the whole answer
+    for create, whole in ((complete, complete(client, PROMPTS[0])), (chat, chat(client, PROMPTS[0]))):
+        *_, last = create(client, PROMPTS[0], stream=True, stream_options={"include_usage": True})
+        assert last.choices == [] and last.usage == whole.usage
+
 
 def test_concurrent_requests_share_one_generate_call(client, app):
     alone = [complete(client, p).choices[0].text for p in PROMPTS[:2]]
@@ -237,13 +242,23 @@ def test_bad_chat_requests_get_a_4xx_with_an_error_body(client, request_options,
     assert chat(client, PROMPTS[0]).choices[0].message.content
 
 
-def test_chat_needs_a_chat_template(model, bpe):
+def test_chat_needs_a_chat_template_that_takes_the_messages(model):
     plain = bpe_tokenizer()  # no chat template
     with running(create_app(model, plain, NAME)) as url:
         client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
         with pytest.raises(openai.BadRequestError, match="no chat template"):
             chat(client, "hi")
         assert complete(client, PROMPTS[0]).choices[0].text
+    strict = bpe_tokenizer()
+    strict.chat_template = ("{% if messages[0]['role'] != 'system' %}{{ raise_exception('begin with a system "
+                            "message') }}{% endif %}" + CHAT_TEMPLATE)
+    with running(create_app(model, strict, NAME)) as url:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
+        with pytest.raises(openai.BadRequestError, match="begin with a system message"):
+            chat(client, "hi")
+        answer = client.chat.completions.create(model=NAME, max_tokens=4, temperature=0, messages=[
+            {"role": "system", "content": "be kind"}, {"role": "user", "content": "hi"}])
+        assert answer.usage.prompt_tokens == len(strict("system: be kind\nuser: hi\nassistant:")["input_ids"])
 
 
 def test_loading_wraps_a_plain_model_and_refuses_groups_for_a_saved_one(saved, bpe, tmp_path):
