@@ -261,6 +261,20 @@ def test_chat_needs_a_chat_template_that_takes_the_messages(model):
         assert answer.usage.prompt_tokens == len(strict("system: be kind\nuser: hi\nassistant:")["input_ids"])
 
 
+def test_a_tokenizer_without_a_pad_token_is_left_as_it_is(model, client, app):
+    tokenizer = bpe_tokenizer()
+    tokenizer.pad_token = None
+    unpadded = create_app(model, tokenizer, NAME)
+    assert tokenizer.pad_token is None
+    with running(unpadded) as url:
+        other = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
+        unpadded.state.batcher.batch_wait_s = 1.0
+        with ThreadPoolExecutor(2) as pool:  # left-padded with eos
+            texts = list(pool.map(lambda p: complete(other, p).choices[0].text, PROMPTS[:2]))
+        assert unpadded.state.batcher.batch_sizes == [2]
+    assert texts == [complete(client, p).choices[0].text for p in PROMPTS[:2]]
+
+
 def test_loading_wraps_a_plain_model_and_refuses_groups_for_a_saved_one(saved, bpe, tmp_path):
     with pytest.raises(ValueError, match="already equivariant"):
         load_equivariant(str(saved), groups=GROUPS)
