@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import os
 import sys
 import threading
 import time
@@ -474,19 +475,39 @@ def load_equivariant(model: str, groups=None, gguf_file: str | None = None, symm
     return loaded.eval(), tokenizer
 
 
+def usage_error(message: str, code: int = 2):
+    """One line on stderr and exit `code` (2: a bad argument), instead of a traceback."""
+    print(f"hf-equivariant serve: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def looks_like_a_path(model: str) -> bool:
+    """A Hub id is `name` or `owner/name`; anything else that names no folder was meant as one."""
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or os.sep != "/" and os.sep in model
+
+
 def serve(args) -> None:
-    """`hf-equivariant serve`: load (and wrap) `args.model`, then serve it on `args.host:args.port` until stopped."""
+    """`hf-equivariant serve`: check the arguments, load (and wrap) `args.model`, then serve it on
+    `args.host:args.port` until stopped."""
     import uvicorn
 
     names = None if args.groups is None else [n.strip() for n in args.groups.split(",") if n.strip()]
     unknown = [n for n in names or () if n not in presets.BY_NAME]
     if unknown:
-        raise SystemExit(f"error: unknown group {unknown[0]!r}; choose from {', '.join(presets.BY_NAME)}")
-    if not 0 <= args.port <= 65535 or args.max_batch_size < 1:
-        raise SystemExit("error: --port must be in 0-65535 and --max-batch-size at least 1")
+        usage_error(f"unknown group {unknown[0]!r} in --groups; choose from {', '.join(presets.BY_NAME)}")
+    if not 0 <= args.port <= 65535:
+        usage_error(f"--port {args.port} is not a port number (0-65535)")
+    if args.max_batch_size < 1:
+        usage_error(f"--max-batch-size {args.max_batch_size}: give at least 1")
+    if not os.path.isdir(os.path.expanduser(args.model)) and looks_like_a_path(args.model):
+        usage_error(f"--model {args.model}: no such folder")
     started = time.perf_counter()
     groups = None if names is None else [presets.BY_NAME[n] for n in names]
-    model, tokenizer = load_equivariant(args.model, groups, args.gguf_file, args.symmetrization, args.action)
+    try:
+        model, tokenizer = load_equivariant(os.path.expanduser(args.model), groups, args.gguf_file,
+                                            args.symmetrization, args.action)
+    except (OSError, ValueError) as error:  # a model that cannot be loaded, or --groups for a saved model
+        usage_error(f"--model {args.model}: {str(error).splitlines()[0]}", code=1)
     factors = " x ".join(f"{f.name} ({f.order})" for f in model.config.factors)
     print(f"loaded {args.model} in {time.perf_counter() - started:.1f} s: {factors}, {model.num_copies} inner passes "
           f"per token, {model.config.action} action; serving on http://{args.host}:{args.port}/v1", file=sys.stderr)

@@ -105,12 +105,13 @@ def greedy_ids(model, ids: list[int], max_new_tokens: int = MAX_TOKENS) -> list[
 
 
 def complete(client, prompt, **options):
-    return client.completions.create(model=NAME, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0, **options)
+    return client.completions.create(model=NAME, prompt=prompt, **{"max_tokens": MAX_TOKENS, "temperature": 0,
+                                                                   **options})
 
 
 def chat(client, content, **options):
     return client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": content}],
-                                          max_tokens=MAX_TOKENS, temperature=0, **options)
+                                          **{"max_tokens": MAX_TOKENS, "temperature": 0, **options})
 
 
 def test_completions_and_chat_are_the_greedy_continuations(client, model, bpe):
@@ -148,6 +149,14 @@ def test_streaming_equals_non_streaming(client):
     for create, whole in ((complete, complete(client, PROMPTS[0])), (chat, chat(client, PROMPTS[0]))):
         *_, last = create(client, PROMPTS[0], stream=True, stream_options={"include_usage": True})
         assert last.choices == [] and last.usage == whole.usage
+
+
+def test_sampling_with_a_seed_repeats_and_streams_the_same(client):
+    options = dict(temperature=1.3, top_p=0.9, seed=7, extra_body={"top_k": 20})  # top_k is not in openai's API
+    first, again = (complete(client, PROMPTS[0], **options).choices[0].text for _ in range(2))
+    assert first == again
+    assert "".join(c.choices[0].text for c in complete(client, PROMPTS[0], stream=True, **options)) == first
+    assert any(complete(client, PROMPTS[0], **{**options, "seed": seed}).choices[0].text != first for seed in range(5))
 
 
 def test_concurrent_requests_share_one_generate_call(client, app):
@@ -282,6 +291,22 @@ def test_loading_wraps_a_plain_model_and_refuses_groups_for_a_saved_one(saved, b
     bpe.save_pretrained(tmp_path)
     wrapped, _ = load_equivariant(str(tmp_path), groups=GROUPS, symmetrization="equitune")
     assert wrapped.num_copies == 6 and wrapped.config.action == "word"
+
+
+@pytest.mark.parametrize("arguments, message, code", [
+    (["--model", "{saved}", "--groups", "gender,caste"], "unknown group 'caste' in --groups", 2),
+    (["--model", "{saved}", "--port", "70000"], "--port 70000 is not a port number", 2),
+    (["--model", "{saved}", "--max-batch-size", "0"], "--max-batch-size 0: give at least 1", 2),
+    (["--model", "./no/such/folder"], "--model ./no/such/folder: no such folder", 2),
+    (["--model", "{saved}", "--groups", "gender"], "is already equivariant", 1),
+])
+def test_serve_refuses_bad_arguments_in_one_line(saved, capsys, arguments, message, code):
+    from hf_equivariant import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["serve", *(a.format(saved=saved) for a in arguments)])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_.value.code == code and error.startswith("hf-equivariant serve: error: ") and message in error
 
 
 def free_port() -> int:
