@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import json
 import os
 import sys
 import threading
@@ -265,6 +266,9 @@ class GenerationBatcher:
                 return None
         time.sleep(self.batch_wait_s)
         with self._condition:
+            self._pending = [job for job in self._pending if not job.finished]  # cancelled while queued
+            if not self._pending:
+                return []
             key = self._pending[0].key
             batch = [job for job in self._pending if job.key == key][: self.max_batch_size]
             self._pending = [job for job in self._pending if job not in batch]
@@ -272,6 +276,8 @@ class GenerationBatcher:
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
+            if not batch:
+                continue
             try:
                 self.generate(batch)
             except Exception as error:  # the batch fails, the server keeps serving
@@ -359,9 +365,14 @@ def create_app(model, tokenizer, model_name: str, max_batch_size: int = 8, batch
         return job
 
     def sse(chunks):
+        """Server-sent events of `chunks`, then [DONE]; a failure mid-stream becomes an error event."""
         async def events():
-            async for chunk in chunks:
-                yield f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+            try:
+                async for chunk in chunks:
+                    yield f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+            except RuntimeError as error:
+                yield f"data: {json.dumps({'error': {'message': str(error), 'type': 'server_error'}})}\n\n"
+                return
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")

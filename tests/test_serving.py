@@ -251,6 +251,19 @@ def test_bad_chat_requests_get_a_4xx_with_an_error_body(client, request_options,
     assert chat(client, PROMPTS[0]).choices[0].message.content
 
 
+def test_a_failed_generation_is_reported_and_the_server_keeps_serving(client, app, monkeypatch):
+    def broken(jobs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(app.state.batcher, "generate", broken)
+    with pytest.raises(openai.InternalServerError, match="simulated"):
+        complete(client, PROMPTS[0])
+    with pytest.raises(openai.APIError, match="simulated"):
+        list(complete(client, PROMPTS[0], stream=True))
+    monkeypatch.undo()
+    assert complete(client, PROMPTS[0]).choices[0].text
+
+
 def test_chat_needs_a_chat_template_that_takes_the_messages(model):
     plain = bpe_tokenizer()  # no chat template
     with running(create_app(model, plain, NAME)) as url:
