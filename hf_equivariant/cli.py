@@ -232,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--symmetrization", choices=SYMMETRIZATIONS, default="multi_equitune")
     serve.add_argument("--action", choices=ACTIONS, default="word")
     serve.add_argument("--served-model-name", help="the model name clients send (default: --model)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     serve.add_argument("--max-batch-size", type=int, default=8, help="most requests per generate call")
     serve.set_defaults(run=serve_command)
     return parser
