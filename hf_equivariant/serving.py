@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import jinja2
 import torch
@@ -51,6 +51,9 @@ from . import presets
 from .configuration_equivariant import EquivariantConfig
 from .wrap import make_equivariant
 
+StopString = Annotated[str, Field(min_length=1)]
+COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -69,7 +72,7 @@ class SamplingRequest(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=1)
     seed: int | None = None
-    stop: str | list[str] | None = None
+    stop: StopString | list[StopString] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Literal[1] = 1
@@ -89,7 +92,6 @@ class SamplingRequest(BaseModel):
 
 class CompletionRequest(SamplingRequest):
     prompt: str = Field(min_length=1)
-    max_tokens: int | None = Field(16, ge=1)  # the OpenAI default
 
 
 class ChatMessage(BaseModel):
@@ -342,8 +344,8 @@ def create_app(model, tokenizer, model_name: str, max_batch_size: int = 8, batch
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError):
         problems = [f"{'.'.join(map(str, e['loc'][1:])) or 'body'}: {e['msg']}" for e in error.errors()]
-        first = error.errors()[0]["loc"][1:] if error.errors() else ()
-        return openai_error(400, "; ".join(problems), param=".".join(map(str, first)) or None)
+        where = error.errors()[0]["loc"] if error.errors() else ()
+        return openai_error(400, "; ".join(problems), param=str(where[1]) if len(where) > 1 else None)  # the field
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: HTTPException):
@@ -399,7 +401,7 @@ def create_app(model, tokenizer, model_name: str, max_batch_size: int = 8, batch
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest):
         check_model(request.model)
-        job = submit(request, tokenizer(request.prompt)["input_ids"], request.max_tokens)
+        job = submit(request, tokenizer(request.prompt)["input_ids"], request.max_tokens or COMPLETION_MAX_TOKENS)
         request_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
         def completion(text: str | None, finish_reason=None, **extra) -> Completion:

@@ -129,6 +129,8 @@ def test_completions_and_chat_are_the_greedy_continuations(client, model, bpe):
         assert answer.choices[0].message.content == bpe.decode(greedy_ids(model, bpe(rendered)["input_ids"]))
         assert answer.choices[0].message.role == "assistant"
     assert [m.id for m in client.models.list().data] == [NAME]
+    default = client.completions.create(model=NAME, prompt=PROMPTS[0], temperature=0, max_tokens=None)
+    assert default.choices[0].text == bpe.decode(greedy_ids(model, bpe(PROMPTS[0])["input_ids"], 16))
 
 
 def test_streaming_equals_non_streaming(client):
@@ -227,8 +229,9 @@ def test_negative_control_the_inner_model_is_not_equivariant(model, bpe, oracle)
     ({"model": NAME, "prompt": "the man", "logprobs": 2}, 400, "logprobs"),
     ({"model": NAME, "prompt": "the man", "n": 2}, 400, "n"),
     ({"model": NAME, "prompt": "the man", "max_tokens": 100}, 400, None),  # past the context of 64 positions
+    ({"model": NAME, "prompt": "the man", "stop": [".", ""]}, 400, "stop"),
 ], ids=["unknown-model", "negative-max-tokens", "empty-prompt", "negative-temperature", "unsupported-field", "n",
-        "past-the-context"])
+        "past-the-context", "empty-stop-string"])
 def test_bad_completion_requests_get_a_4xx_with_an_error_body(client, request_options, status, param):
     with pytest.raises(openai.APIStatusError) as failure:
         client.completions.create(**request_options)
