@@ -516,13 +516,13 @@ def serve(args) -> None:
         usage_error(f"--model {args.model}: no such folder")
     started = time.perf_counter()
     groups = None if names is None else [presets.BY_NAME[n] for n in names]
-    try:
+    try:  # a model that cannot be loaded or served (seq2seq), or --groups for a saved equivariant model
         model, tokenizer = load_equivariant(os.path.expanduser(args.model), groups, args.gguf_file,
                                             args.symmetrization, args.action)
-    except (OSError, ValueError) as error:  # a model that cannot be loaded, or --groups for a saved model
+        app = create_app(model, tokenizer, args.served_model_name or args.model, args.max_batch_size)
+    except (OSError, ValueError) as error:
         usage_error(f"--model {args.model}: {str(error).splitlines()[0]}", code=1)
     factors = " x ".join(f"{f.name} ({f.order})" for f in model.config.factors)
     print(f"loaded {args.model} in {time.perf_counter() - started:.1f} s: {factors}, {model.num_copies} inner passes "
           f"per token, {model.config.action} action; serving on http://{args.host}:{args.port}/v1", file=sys.stderr)
-    app = create_app(model, tokenizer, args.served_model_name or args.model, args.max_batch_size)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
