@@ -69,10 +69,14 @@ def oracle(bpe):
 
 
 @pytest.fixture(scope="module")
-def saved(bpe, tmp_path_factory):
-    """A saved equivariant model with its tokenizer, as `save_pretrained` leaves it."""
+def saved(bpe, oracle, tmp_path_factory):
+    """A saved equivariant model with its tokenizer, as `save_pretrained` leaves it. The tiny Llama's output rows
+    of the group words (leading-space forms) are doubled, so that its greedy completions hold group words."""
     folder = tmp_path_factory.mktemp("served")
-    make_equivariant(tiny_llama(len(bpe)), GROUPS, bpe).save_pretrained(folder)
+    base = tiny_llama(len(bpe))
+    with torch.no_grad():
+        base.lm_head.weight[[t for t in oracle.orbit_of if oracle.starts_with_space[t]]] *= 2.0
+    make_equivariant(base, GROUPS, bpe).save_pretrained(folder)
     bpe.save_pretrained(folder)
     return folder
 
@@ -202,6 +206,7 @@ def test_a_swapped_prompt_gets_the_swapped_greedy_completion(client, model, bpe,
         ids = bpe(prompt)["input_ids"]
         new = greedy_ids(model, ids)
         assert complete(client, prompt).choices[0].text == bpe.decode(new)
+        assert any(oracle.whole_words(ids + new)[len(ids):])  # the completion holds group words the swap moves
         for shifts in all_elements(CLASS_LISTS)[1:]:
             moved = oracle.act(ids + new, shifts)
             moved_prompt = bpe.decode(moved[: len(ids)])
