@@ -25,7 +25,7 @@ import uvicorn
 from conftest import BPE_GENDER_CLASSES, RACE_CLASSES, WordActionOracle, all_elements, bpe_tokenizer, tiny_llama
 
 from hf_equivariant import WordSwapGroup, make_equivariant, presets
-from hf_equivariant.serving import create_app, load_equivariant
+from hf_equivariant.serving import Job, create_app, load_equivariant
 
 CLASS_LISTS = [BPE_GENDER_CLASSES, RACE_CLASSES]
 GROUPS = [WordSwapGroup("gender", BPE_GENDER_CLASSES), WordSwapGroup("race", RACE_CLASSES)]
@@ -270,6 +270,22 @@ def test_a_failed_generation_is_reported_and_the_server_keeps_serving(client, ap
         list(complete(client, PROMPTS[0], stream=True))
     monkeypatch.undo()
     assert complete(client, PROMPTS[0]).choices[0].text
+
+
+def test_closing_a_stream_stops_its_row(client, app, monkeypatch):
+    """A client that goes away mid-stream: its row stops generating (its job ends "cancelled")."""
+    batcher, jobs, push = app.state.batcher, [], Job.push
+    generate = batcher.generate
+    monkeypatch.setattr(batcher, "generate", lambda batch: (jobs.extend(batch), generate(batch)))
+    monkeypatch.setattr(Job, "push", lambda job, *args: (time.sleep(0.05), push(job, *args)))  # 20 tokens a second
+    stream = complete(client, PROMPTS[1], stream=True, max_tokens=48)
+    next(iter(stream))
+    stream.close()
+    deadline = time.monotonic() + 30
+    while not (jobs and jobs[0].finished):
+        assert time.monotonic() < deadline, "the job did not end"
+        time.sleep(0.05)
+    assert jobs[0].finish_reason == "cancelled" and len(jobs[0].ids) < 48
 
 
 def test_chat_needs_a_chat_template_that_takes_the_messages(model):
