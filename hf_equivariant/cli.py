@@ -240,8 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def serve_command(args) -> None:
-    from .serving import serve
-
+    try:
+        from .serving import serve
+    except ImportError as missing:  # fastapi, uvicorn, openai: the [serve] extra
+        print(f"hf-equivariant serve: error: {missing.name} is not installed; pip install 'hf-equivariant[serve]'",
+              file=sys.stderr)
+        raise SystemExit(2) from None
     serve(args)
 
 

@@ -22,9 +22,7 @@ def make_equivariant(
     `groups` are `WordSwapGroup`s (resolved with `tokenizer`) or already resolved `TokenSwapGroup`s.
     `action="word"` swaps whole words only (the tokenizer says where words begin and end),
     `action="token"` every occurrence of a group token. The wrapper shares the model's weights and leaves
-    them untouched. A peft `PeftModel` is wrapped through its transformers model, with the adapter's layers
-    in place: the wrapper computes M = base + adapter on every copy, and peft's switches (`disable_adapter`,
-    `set_adapter`, `merge_and_unload`) act on it.
+    them untouched.
     """
     model = inner_transformers_model(model)
     wrapper = EquivariantModelForSeq2SeqLM if model.config.is_encoder_decoder else EquivariantModelForCausalLM
@@ -32,7 +30,12 @@ def make_equivariant(
 
 
 def inner_transformers_model(model) -> PreTrainedModel:
-    """`model` itself, or the transformers model inside a peft `PeftModel`; refuses anything else."""
+    """`model` itself, or the transformers model inside a peft `PeftModel`; refuses anything else.
+
+    `make_equivariant(peft_model, ...)` thus wraps the peft model's transformers model with the adapter's layers
+    in place: the wrapper computes M = base + adapter on every copy, and peft's switches (`disable_adapter`,
+    `set_adapter`, `merge_and_unload`) act through it.
+    """
     if isinstance(model, PreTrainedModel):
         return model
     from peft import PeftModel

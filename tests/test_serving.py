@@ -346,6 +346,18 @@ def test_serve_refuses_bad_arguments_in_one_line(saved, capsys, arguments, messa
     assert exit_.value.code == code and error.startswith("hf-equivariant serve: error: ") and message in error
 
 
+def test_serve_without_the_serve_extra_says_what_to_install(monkeypatch, capsys):
+    from hf_equivariant import cli
+
+    monkeypatch.delitem(sys.modules, "hf_equivariant.serving")
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if it were not installed
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["serve", "--model", "any"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == ("hf-equivariant serve: error: fastapi is not installed; "
+                                               "pip install 'hf-equivariant[serve]'")
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
