@@ -13,6 +13,10 @@ of orders |G1|, ..., |GN|:
   a full-product method; the copies of one factor for a multi-group one): copy k of branch b gets the
   plan's weight scaled by |b| * a_k / sum_{j in b} a_j. With a_k = 1 that is the plan itself.
   equizero: a_k = 1 on the argmin set of a proxy loss; lambda-equitune: a_k = lambda(hidden state of copy k).
+- whether it *canonicalises*: then the copies are the input's frame, the elements g that send it to its
+  canonical form (an orbit-invariant choice the domain makes; the elements that leave it undetermined, its
+  stabiliser, all give the same copy), the inner model runs once on that canonical copy, and the output is
+  the mean over the frame of g^-1 . M(g . x), per position (Kaba et al. 2023).
 - its citation for the model card, and whether it has trainable parameters.
 
 `symmetrization="..."` everywhere (config, `make_equivariant`, `from_base_model`, the command line, the
@@ -184,6 +188,9 @@ class SymmetrizationMethod:
       `config.method_options`; or None for the plan's fixed weights.
     - `citation`: the paper, as the model card cites it; `description`: one line for the card.
     - `trainable`: whether its weights module has parameters to train.
+    - `canonicalizes`: whether its copies are the input's frame (see the module docstring; its plan must be
+      the full product, one copy per element, and it has no weights).
+    - `seq2seq`: whether it works for encoder-decoder models too.
     """
 
     name: str
@@ -192,6 +199,8 @@ class SymmetrizationMethod:
     description: str
     weights: Callable[..., CopyWeights] | None = None
     trainable: bool = False
+    canonicalizes: bool = False
+    seq2seq: bool = True
 
     def num_copies(self, orders: Sequence[int]) -> int:
         """Inner passes per input row."""
@@ -238,6 +247,13 @@ register_symmetrization(SymmetrizationMethod(
     "multi_equizero", per_factor_plan, MULTI_GROUP_PAPER,
     "per factor, equizero over its elements with the other factors canonicalised, symmetrised over the other "
     "factors; then the mean over factors", weights=ArgminWeights))
+
+CANONICALIZATION_PAPER = 'Kaba et al., "Equivariance with Learned Canonicalization Functions", ICML 2023'
+register_symmetrization(SymmetrizationMethod(
+    "canonicalize", full_product_plan, CANONICALIZATION_PAPER,
+    "frame canonicalisation: g_x^-1 . M(g_x . x), with g_x sending, factor by factor, the classes in the order "
+    "of their first word to the least classes (0, 1, 2, ...); the elements this leaves open are averaged over. "
+    "The inner model runs once per input, on the canonical copy", canonicalizes=True, seq2seq=False))
 
 
 def count_copies(orders: Sequence[int], symmetrization: str) -> int:
