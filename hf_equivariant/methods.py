@@ -203,8 +203,13 @@ class SymmetrizationMethod:
     seq2seq: bool = True
 
     def num_copies(self, orders: Sequence[int]) -> int:
-        """Inner passes per input row."""
+        """Copies per input row (the plan's)."""
         return self.plan(orders).num_copies
+
+    def inner_passes(self, orders: Sequence[int]) -> int:
+        """Inner passes per input row: one for a canonicalising method (every copy runs the canonical one),
+        else one per copy (fewer where deduplication finds equal copies)."""
+        return 1 if self.canonicalizes else self.num_copies(orders)
 
 
 SYMMETRIZATIONS: dict[str, SymmetrizationMethod] = {}
