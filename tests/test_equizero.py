@@ -216,3 +216,40 @@ def test_options_are_saved_and_unknown_proxy_losses_refused(tokenizer, tmp_path)
     assert "Efficient Model-Agnostic Multi-Group Equivariant Networks" in (tmp_path / "README.md").read_text()
     with pytest.raises(ValueError, match="unknown proxy_loss 'median', choose one of .*'entropy'"):
         wrap(tiny_gpt2(len(tokenizer)), tokenizer, "equizero", method_options={"proxy_loss": "median"})
+
+
+@pytest.mark.parametrize("average", ["logits", "probs"])
+@pytest.mark.parametrize("symmetrization", METHODS + ["canonicalize"])
+def test_other_averages_are_equivariant_and_blocks_change_nothing(tokenizer, symmetrization, average):
+    base = tiny_gpt2(len(tokenizer))
+    batch = tokenizer(FIXED_PROMPTS, return_tensors="pt", padding=True)
+    model = wrap(base, tokenizer, symmetrization, average=average)
+    with torch.no_grad():
+        reference = model(**batch).logits
+        model.config.max_inner_rows = 4  # several inner calls; the weights see every block
+        torch.testing.assert_close(model(**batch, use_cache=False).logits, reference, atol=1e-5, rtol=1e-5)
+        errors = []
+        for g in all_elements(CLASS_LISTS):
+            p = element_permutation(tokenizer, CLASS_LISTS, g)
+            moved = model(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"]).logits
+            errors.append((moved[..., p] - reference).abs().max().item())
+    assert len(errors) == 6 and max(errors) <= 1e-4
+
+
+@pytest.mark.parametrize("symmetrization", METHODS + ["canonicalize"])
+def test_the_loss_trains_the_inner_model(tokenizer, symmetrization):
+    """Gradients reach the inner model through the selected (or canonical) copies; one step lowers the loss."""
+    base = tiny_gpt2(len(tokenizer))
+    model = wrap(base, tokenizer, symmetrization).train()
+    batch = tokenizer(FIXED_PROMPTS, return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(2):
+        loss = model(**batch, labels=labels).loss
+        losses.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None and p.grad.isfinite().all() for p in base.parameters() if p.requires_grad)
+        optimizer.step()
+    assert losses[1] < losses[0]
