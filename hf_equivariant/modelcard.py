@@ -66,8 +66,8 @@ def equivariant_model_card(config: EquivariantConfig, tags: list[str] | None = N
         action=config.action,
         method_description=method.description,
         method_citation=method.citation,
-        num_copies=method.num_copies(orders),
-        method_copies={name: other.num_copies(orders) for name, other in SYMMETRIZATIONS.items()},
+        num_copies=method.inner_passes(orders),
+        method_copies={name: other.inner_passes(orders) for name, other in SYMMETRIZATIONS.items()},
         auto_class="AutoModelForSeq2SeqLM" if seq2seq else "AutoModelForCausalLM",
         repo_id=repo_id or base_model and f"<user>/equivariant-{base_model.split('/')[-1]}" or "<user>/<repo>",
     )

@@ -17,17 +17,19 @@ def make_equivariant(
     symmetrization: str = DEFAULT_SYMMETRIZATION,
     average: str = "log_probs",
     action: str = "word",
+    **options,
 ):
     """Wrap an in-memory causal or seq2seq LM so that it is exactly equivariant to the product of `groups`.
 
     `groups` are `WordSwapGroup`s (resolved with `tokenizer`) or already resolved `TokenSwapGroup`s.
     `action="word"` swaps whole words only (the tokenizer says where words begin and end),
     `action="token"` every occurrence of a group token. The wrapper shares the model's weights and leaves
-    them untouched. `symmetrization` names a registered method (`methods.register_symmetrization`).
+    them untouched. `symmetrization` names a registered method (`methods.register_symmetrization`);
+    `options` are further `EquivariantConfig` settings (`deduplicate`, `method_options`, ...).
     """
     model = inner_transformers_model(model)
     wrapper = EquivariantModelForSeq2SeqLM if model.config.is_encoder_decoder else EquivariantModelForCausalLM
-    return wrapper.from_base_model(model, groups, tokenizer, symmetrization, average, action)
+    return wrapper.from_base_model(model, groups, tokenizer, symmetrization, average, action, **options)
 
 
 def inner_transformers_model(model) -> PreTrainedModel:
