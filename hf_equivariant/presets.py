@@ -13,7 +13,7 @@ tokenizer are left out with a warning rather than failing, so each preset works 
   Jews, Hindus, Buddhists); cyclic of order 5.
 
 SCAN (Lake & Baroni 2018) groups pair each command word with its action, so that one permutation acts
-on the shared vocabulary of `hf_equivariant.data.scan.scan_tokenizer()`; they are strict (every word
+on the shared vocabulary of `hf_equivariant.experiments.data.scan.scan_tokenizer()`; they are strict (every word
 must be a single token):
 - SCAN_VERBS: jump, run, walk, look with I_JUMP, I_RUN, I_WALK, I_LOOK; cyclic of order 4.
 - SCAN_DIRECTIONS: left|right with I_TURN_LEFT|I_TURN_RIGHT; order 2.

@@ -10,8 +10,9 @@ from conftest import tiny_gpt2, word_tokenizer
 from tokenizers.processors import TemplateProcessing
 from transformers import BertConfig, BertForSequenceClassification
 
-from hf_equivariant import cli, make_equivariant
-from hf_equivariant.fairness import (
+from hf_equivariant import make_equivariant
+from hf_equivariant.experiments import commands
+from hf_equivariant.experiments.fairness import (
     axes_by_name,
     bias_gap,
     build_prompts,
@@ -141,7 +142,7 @@ def test_cli_writes_report_plot_and_generations(base, tokenizer, tmp_path):
     regard_tokenizer = word_tokenizer(FAIRNESS_WORDS)
     regard_tokenizer.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])
     regard_tokenizer.save_pretrained(regard_dir)  # a leading <s>, like BERT's [CLS]: empty continuations classify
-    cli.main(["fairness", "--model", str(model_dir), "--axes", "gender,race", "--samples", "2", "--contexts",
+    commands.main(["fairness", "--model", str(model_dir), "--axes", "gender,race", "--samples", "2", "--contexts",
               "occupation", "--max-new-tokens", "4", "--regard-model", str(regard_dir), "--out", str(out)])
     report = (out / "report.md").read_text()
     assert "| equitune | 8 |" in report and "| multi_equitune | 6 |" in report and "| base | 1 |" in report

@@ -8,9 +8,10 @@ import torch
 from conftest import SEQ2SEQ_ARCHITECTURES, all_elements, element_permutation
 from transformers import DataCollatorForSeq2Seq
 
-from hf_equivariant import cli, make_equivariant, presets, resolve_groups
-from hf_equivariant.data.scan import scan_tokenizer
-from hf_equivariant.scan_experiment import exact_match
+from hf_equivariant import make_equivariant, presets, resolve_groups
+from hf_equivariant.experiments import commands
+from hf_equivariant.experiments.data.scan import scan_tokenizer
+from hf_equivariant.experiments.scan_experiment import exact_match
 
 SCAN_II_CLASSES = [group.classes for group in presets.SCAN_II]
 # Each command holds a word of every factor: a command fixed by some element (say, no up/down word) gets
@@ -62,9 +63,9 @@ def test_exact_match_compares_whole_sequences(tokenizer):
 
 
 def test_tiny_experiment_runs_every_stage_through_the_cli(capsys):
-    cli.main(["scan", "--split", "addprim_jump", "--groups", "scan_verbs", "--seeds", "0", "--pretrain-epochs", "1",
-              "--finetune-epochs", "1", "--max-train-examples", "64", "--max-eval-examples", "8", "--d-model", "32",
-              "--layers", "1"])
+    commands.main(["scan", "--split", "addprim_jump", "--groups", "scan_verbs", "--seeds", "0",
+                   "--pretrain-epochs", "1", "--finetune-epochs", "1", "--max-train-examples", "64",
+                   "--max-eval-examples", "8", "--d-model", "32", "--layers", "1"])
     table = capsys.readouterr().out
     assert "| model | inner passes | test exact match (%) | train s | eval s |" in table
     for stage, passes in [("pretrained", 1), ("equitune zero-shot", 4), ("equitune fine-tuned", 4),

@@ -24,9 +24,9 @@ from transformers import (
     set_seed,
 )
 
-from . import presets
+from .. import presets
+from ..wrap import make_equivariant
 from .data.scan import load_scan, load_scan_ii, scan_tokenizer
-from .wrap import make_equivariant
 
 MAX_ACTIONS = 49  # the longest SCAN action sequence (48) plus </s>
 

