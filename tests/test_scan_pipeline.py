@@ -8,8 +8,8 @@ import torch
 from conftest import SEQ2SEQ_ARCHITECTURES, all_elements, element_permutation
 from transformers import DataCollatorForSeq2Seq
 
+import hf_equivariant_cli
 from hf_equivariant import make_equivariant, presets, resolve_groups
-from hf_equivariant.experiments import commands
 from hf_equivariant.experiments.data.scan import scan_tokenizer
 from hf_equivariant.experiments.scan_experiment import exact_match
 
@@ -63,7 +63,7 @@ def test_exact_match_compares_whole_sequences(tokenizer):
 
 
 def test_tiny_experiment_runs_every_stage_through_the_cli(capsys):
-    commands.main(["scan", "--split", "addprim_jump", "--groups", "scan_verbs", "--seeds", "0",
+    hf_equivariant_cli.main(["scan", "--split", "addprim_jump", "--groups", "scan_verbs", "--seeds", "0",
                    "--pretrain-epochs", "1", "--finetune-epochs", "1", "--max-train-examples", "64",
                    "--max-eval-examples", "8", "--d-model", "32", "--layers", "1"])
     table = capsys.readouterr().out
