@@ -225,7 +225,7 @@ def test_groups_lists_presets_and_the_forms_a_tokenizer_swaps(model_dir, tmp_pat
     code, out, _ = run_cli(["groups"], capsys)
     assert code == 0
     assert "gender: cyclic, order 2, 2 classes, 53 words each: male|female, father|mother" in out
-    assert "race: cyclic, order 4, 4 classes, 1 words each: Black|White|Asian|Hispanic" in out
+    assert "race: cyclic, order 4, 4 classes, 1 word each: Black|White|Asian|Hispanic" in out
     assert "products: scan_ii = scan_ii_verbs x scan_directions x scan_ii_up_down" in out
     code, out, err = run_cli(["groups", "--groups", "gender,race,scan_verbs", "--tokenizer", model_dir,
                               "--verbose"], capsys)
@@ -241,8 +241,8 @@ def test_dropped_forms_are_one_short_line_and_all_listed_with_verbose(model_dir,
     code, _, err = run_cli(argv, capsys)
     assert code == 0, err
     notes = [line for line in err.splitlines() if "not swapped" in line]
-    assert notes == ["note: word forms not swapped (no single token for every class in this tokenizer): gender 50; "
-                     "--verbose or the saved model card lists them"]
+    assert notes == ["note: word forms not swapped (not one token per class, or not whole words, in this tokenizer): "
+                     "gender 50; --verbose or the saved model card lists them"]
     code, _, err = run_cli([*argv, "--verbose"], capsys)
     assert "  gender: 'male'|'female'" in err and "  race: " not in err
     assert sum(line.startswith("  gender: ") for line in err.splitlines()) == 50

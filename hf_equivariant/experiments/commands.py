@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shlex
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer
+from transformers.utils import logging as hf_logging
 
 from hf_equivariant_cli import UsageError
 
@@ -54,12 +56,21 @@ def _loading(what: str, load):
     """`load()`, with a loading message that states the measured time; a missing model is a UsageError."""
     print(f"Loading {what}...", end=" ", file=sys.stderr, flush=True)
     start = time.perf_counter()
+    hf_logging.disable_progress_bar()  # their bars would break the line, and so would the GGUF loader's tqdm
+    quiet_tqdm = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
     try:
         loaded = load()
     except (OSError, ValueError) as error:
         print(file=sys.stderr)
         first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
         raise UsageError(f"cannot load {what}: {first}") from None
+    finally:
+        hf_logging.enable_progress_bar()
+        if quiet_tqdm is None:
+            del os.environ["TQDM_DISABLE"]
+        else:
+            os.environ["TQDM_DISABLE"] = quiet_tqdm
     print(f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     return loaded
 
@@ -151,7 +162,8 @@ def report_dropped(factors, verbose: bool) -> None:
     counts = [f"{f.name} {len(f.dropped)}" for f in factors if f.dropped]
     if not counts:
         return
-    print(f"note: word forms not swapped (no single token for every class in this tokenizer): {', '.join(counts)}"
+    print(f"note: word forms not swapped (not one token per class, or not whole words, in this tokenizer): "
+          f"{', '.join(counts)}"
           f"{'' if verbose else '; --verbose or the saved model card lists them'}", file=sys.stderr)
     if verbose:
         for factor in factors:
@@ -160,6 +172,7 @@ def report_dropped(factors, verbose: bool) -> None:
 
 
 def explicit(args, option: str) -> bool:
+    """Whether the command line gave `option` (rather than leaving it at its default)."""
     return any(a == option or a.startswith(option + "=") for a in args.argv)
 
 
@@ -325,7 +338,7 @@ def groups_command(args) -> None:
     for group in groups:
         pairs = ", ".join("|".join(words) for words in zip(*group.classes))
         print(f"{group.name}: {group.kind}, order {group.order}, {len(group.classes)} classes, "
-              f"{len(group.classes[0])} words each: {pairs}")
+              f"{len(group.classes[0])} word{'s' if len(group.classes[0]) > 1 else ''} each: {pairs}")
         if tokenizer is None:
             continue
         try:
