@@ -186,7 +186,7 @@ def test_generate_saves_and_reloads_an_equivariant_model(model_dir, tmp_path, ca
     code, out, err = run_cli(["generate", "--model", model_dir, "--groups", "gender", *common,
                               "--save", tmp_path / "equi", "--out", tmp_path / "first.json"], capsys)
     assert code == 0, err
-    assert re.search(r"Loading .*tiny.*\.\.\. \d+\.\d s", err) and "[generating]" in err
+    assert re.search(r"Loading .*tiny.*\.\.\.\nLoaded .*tiny.* in \d+\.\d s", err) and "[generating]" in err
     assert "groups: gender (2); 2 inner passes per token; word action" in out
     first = json.loads((tmp_path / "first.json").read_text())
     man, woman = first["continuations"]
@@ -263,14 +263,17 @@ def test_a_group_the_tokenizer_cannot_swap_fails_before_the_model_loads(model_di
     (tmp_path / "g.json").write_text(json.dumps([{"name": "jobs", "classes": [["doctor"], ["surgeon"]]}]))
     code, _, err = run_cli(["generate", "--model", model_dir, "--groups-file", tmp_path / "g.json", "--prompt", "x"],
                            capsys)
-    assert code == 2 and "'surgeon' has no single-token form" in err and len(err.strip().splitlines()) == 2
-    assert err.splitlines()[0].startswith("Loading the tokenizer of")
+    lines = err.strip().splitlines()
+    assert code == 2 and lines[0].startswith("Loading the tokenizer of") and lines[1].startswith("Loaded the tokenizer")
+    assert len(lines) == 3 and "error: group 'jobs': 'surgeon' has no single-token form" in lines[2]
 
 
 def test_a_hub_id_that_cannot_be_loaded_is_one_line(capsys, no_model_loading):
     code, _, err = run_cli(["generate", "--model", "nobody/no-such-model", "--prompt", "x"], capsys)
-    assert code == 2 and "error: cannot load the tokenizer of nobody/no-such-model" in err
-    assert err.strip().splitlines()[-1].count("\n") == 0
+    assert code == 2 and err.strip().splitlines() == [
+        "Loading the tokenizer of nobody/no-such-model...", err.strip().splitlines()[1]]
+    assert err.strip().splitlines()[1].startswith("hf-equivariant generate: error: cannot load the tokenizer of "
+                                                  "nobody/no-such-model: ")
 
 
 def test_saved_tiny_wrapper_matches_make_equivariant(model_dir, tokenizer, tmp_path, capsys):

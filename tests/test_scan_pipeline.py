@@ -62,12 +62,20 @@ def test_exact_match_compares_whole_sequences(tokenizer):
     assert exact_match(trainer, None, tokenizer) == 0.5
 
 
-def test_tiny_experiment_runs_every_stage_through_the_cli(capsys):
+def test_tiny_experiment_runs_every_stage_through_the_cli(capsys, tmp_path):
     hf_equivariant_cli.main(["scan", "--split", "addprim_jump", "--groups", "scan_verbs", "--seeds", "0",
-                   "--pretrain-epochs", "1", "--finetune-epochs", "1", "--max-train-examples", "64",
-                   "--max-eval-examples", "8", "--d-model", "32", "--layers", "1"])
-    table = capsys.readouterr().out
+                             "--pretrain-epochs", "1", "--finetune-epochs", "1", "--max-train-examples", "64",
+                             "--max-eval-examples", "8", "--d-model", "32", "--layers", "1",
+                             "--out", str(tmp_path / "scan.md")])
+    table, stages = capsys.readouterr()
     assert "| model | inner passes | test exact match (%) | train s | eval s |" in table
     for stage, passes in [("pretrained", 1), ("equitune zero-shot", 4), ("equitune fine-tuned", 4),
                           ("multi_equitune zero-shot", 4), ("multi_equitune fine-tuned", 4)]:
         assert f"| {stage} | {passes} |" in table
+    labels = [line for line in stages.splitlines() if line.startswith("[seed 0: ")]
+    assert labels == ["[seed 0: pretraining]", "[seed 0: pretrained: evaluating]",
+                      *(f"[seed 0: {method}: {label}]" for method in ("equitune", "multi_equitune")
+                        for label in ("zero-shot evaluation", "fine-tuning", "evaluating the fine-tuned model"))]
+    written = (tmp_path / "scan.md").read_text()
+    assert written.startswith("Reproduce: `hf-equivariant scan --split addprim_jump")
+    assert table[table.index("| model |"):].strip() in written  # stdout also holds the trainers' logs

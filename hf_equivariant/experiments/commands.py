@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shlex
 import sys
 import time
@@ -53,25 +52,18 @@ def default_model_location() -> tuple[str, str]:
 
 
 def _loading(what: str, load):
-    """`load()`, with a loading message that states the measured time; a missing model is a UsageError."""
-    print(f"Loading {what}...", end=" ", file=sys.stderr, flush=True)
+    """`load()` between two lines on stderr, the second with the measured time; a failure is a UsageError."""
+    print(f"Loading {what}...", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    hf_logging.disable_progress_bar()  # their bars would break the line, and so would the GGUF loader's tqdm
-    quiet_tqdm = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
+    hf_logging.disable_progress_bar()  # transformers' bars; the GGUF loader's own tqdm bar still shows
     try:
         loaded = load()
     except (OSError, ValueError) as error:
-        print(file=sys.stderr)
         first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
         raise UsageError(f"cannot load {what}: {first}") from None
     finally:
         hf_logging.enable_progress_bar()
-        if quiet_tqdm is None:
-            del os.environ["TQDM_DISABLE"]
-        else:
-            os.environ["TQDM_DISABLE"] = quiet_tqdm
-    print(f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    print(f"Loaded {what} in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     return loaded
 
 
