@@ -197,6 +197,8 @@ def build_parser() -> Parser:
     groups.add_argument("--groups-file", type=Path, help="a YAML or JSON file of your own groups")
     add_model_options(groups, "a model whose tokenizer resolves the groups", "words only")
     groups.add_argument("--tokenizer", help="Hub id or folder of a tokenizer")
+    groups.add_argument("--embedded", action="store_true",
+                        help="resolve the groups with the tokenizer of the embedded SmolLM2-135M-Instruct")
     groups.add_argument("--verbose", action="store_true", help="list every form, not only counts and dropped ones")
     return parser
 
@@ -288,6 +290,8 @@ def check_arguments(args) -> None:
                              f"equivariant model")
         if model_type(folder, "--model") != MODEL_TYPE:
             raise UsageError(f"--model {args.model} holds a plain model, not an equivariant one")
+    if args.command == "groups" and args.embedded and (args.model or args.tokenizer):
+        raise UsageError("--embedded uses the embedded model's tokenizer: give it without --model and --tokenizer")
     if args.command in ("generate", "groups"):
         args.group_dicts = read_groups_file(args.groups_file) if args.groups_file else []
         if args.command == "generate":

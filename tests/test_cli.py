@@ -167,6 +167,7 @@ def usage_cases(tmp: Path):
         (["check", "--model", saved, "--prompt", ""], "argument --prompt: is empty"),
         (["groups", "--groups", "caste"], "unknown group caste"),
         (["groups", "--tokenizer", tmp / "missing"], "--tokenizer .*missing: no such folder"),
+        (["groups", "--embedded", "--tokenizer", plain], "--embedded uses the embedded model's tokenizer"),
     ]
 
 

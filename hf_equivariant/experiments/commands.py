@@ -323,7 +323,7 @@ def groups_command(args) -> None:
     """Each group with its kind, order and words; given a tokenizer, its swapped and dropped word forms."""
     groups = chosen_groups(args) if args.groups or args.group_dicts else list(presets.BY_NAME.values())
     tokenizer = None
-    if args.model or args.tokenizer:
+    if args.model or args.tokenizer or args.embedded:
         tokenizer = load_tokenizer(args.model, args.gguf_file, args.tokenizer)
     if tokenizer is not None:
         print("word forms of each group that this tokenizer swaps as whole words (word action), and those it drops")
