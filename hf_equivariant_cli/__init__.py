@@ -191,8 +191,8 @@ def build_parser() -> Parser:
     check.add_argument("--atol", type=positive_float, default=1e-4, help="the largest error allowed")
 
     groups = command("groups", "the preset groups, their words and orders",
-                     "With --model or --tokenizer: which word forms are single tokens (swapped) and which are "
-                     "dropped.")
+                     "With --model, --tokenizer or --embedded: which word forms that tokenizer swaps as whole words "
+                     "and which it drops.")
     groups.add_argument("--groups", type=names(GROUPS, "group"), help="comma-separated presets (if not given: all)")
     groups.add_argument("--groups-file", type=Path, help="a YAML or JSON file of your own groups")
     add_model_options(groups, "a model whose tokenizer resolves the groups", "words only")
@@ -221,7 +221,7 @@ def check_source(option: str, value: str | None) -> Path | None:
 def check_model(args) -> None:
     """--model / --gguf-file / --tokenizer: folders exist, a GGUF folder names its file, tokenizer files exist."""
     folder = check_source("--model", args.model)
-    tokenizer_folder = check_source("--tokenizer", getattr(args, "tokenizer", None))
+    check_source("--tokenizer", getattr(args, "tokenizer", None))
     if args.gguf_file and args.model is None:
         raise UsageError("--gguf-file needs --model (the embedded default model has its own GGUF file)")
     args.saved_equivariant = False
@@ -239,10 +239,9 @@ def check_model(args) -> None:
                              f"choose one with --gguf-file")
         raise UsageError(f"--model {args.model} has no config.json: it is not a saved transformers model")
     args.saved_equivariant = model_type(folder, "--model") == MODEL_TYPE
-    if tokenizer_folder is None and getattr(args, "tokenizer", None) is None:
-        if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-            raise UsageError(f"--model {args.model} has no tokenizer files; pass --tokenizer with the base model's "
-                             f"tokenizer (Hub id or folder)")
+    if getattr(args, "tokenizer", None) is None and not any((folder / n).is_file() for n in TOKENIZER_FILES):
+        raise UsageError(f"--model {args.model} has no tokenizer files; pass --tokenizer with the base model's "
+                         f"tokenizer (Hub id or folder)")
 
 
 def model_type(folder: Path, option: str) -> str | None:
