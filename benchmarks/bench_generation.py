@@ -27,7 +27,8 @@ import warnings
 
 import torch
 
-from hf_equivariant import cli, make_equivariant
+from hf_equivariant import make_equivariant
+from hf_equivariant.experiments import commands
 
 
 def naive_equitune_generate(base, factors, input_ids, new_tokens: int) -> torch.Tensor:
@@ -58,8 +59,8 @@ def main() -> None:
     parser.add_argument("--naive-rounds", type=int, default=1)
     args = parser.parse_args()
 
-    base, tokenizer = cli.load_model_and_tokenizer(None)
-    groups = cli.parse_groups(args.groups)
+    base, tokenizer = commands.load_model_and_tokenizer(None)
+    groups = commands.parse_groups(args.groups)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the presets' notes on skipped word forms
         models = {

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import torch
 
-from hf_equivariant import WordSwapGroup, cli, make_equivariant, presets
-from hf_equivariant.fairness import AXES, build_prompts
+from hf_equivariant import WordSwapGroup, make_equivariant, presets
+from hf_equivariant.experiments import commands
+from hf_equivariant.experiments.fairness import AXES, build_prompts
 
 WORDS = [("red", "blue", "green", "yellow"), ("cat", "dog", "bird", "fish"), ("one", "two", "three", "four"),
          ("north", "south", "east", "west")]
@@ -219,7 +220,7 @@ def main() -> None:
     parts = args.parts.split(",")
     warnings.simplefilter("ignore")  # the presets' notes on skipped word forms
     if "scaling" in parts or "demographic" in parts:
-        base, tokenizer = cli.load_model_and_tokenizer(None)
+        base, tokenizer = commands.load_model_and_tokenizer(None)
     print(f"{torch.get_num_threads()} CPU threads, {args.rounds} rounds (median), {args.new_tokens} new tokens\n")
     if "scaling" in parts:
         with torch.no_grad():

@@ -28,7 +28,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from hf_equivariant.multi_input import MultiInputEquivariantNet, MultiInputLayer, rotations
+from hf_equivariant.experiments.multi_input import MultiInputEquivariantNet, MultiInputLayer, rotations
 
 FEATURES = 64
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from hf_equivariant.scan_experiment import ScanExperiment, results_table, run
+from hf_equivariant.experiments.scan_experiment import ScanExperiment, results_table, run
 
 EXPERIMENTS = {
     "addprim_jump": ScanExperiment(split="addprim_jump", groups=("scan_verbs",), pretrain_epochs=6,

@@ -13,22 +13,23 @@ import argparse
 import time
 import warnings
 
-from hf_equivariant import cli, make_equivariant
-from hf_equivariant.fairness import held_out_texts, perplexity
+from hf_equivariant import make_equivariant
+from hf_equivariant.experiments import commands
+from hf_equivariant.experiments.fairness import held_out_texts, perplexity
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--groups", default="gender,race,sexual_orientation")
     args = parser.parse_args()
-    base, tokenizer = cli.load_model_and_tokenizer(None)
+    base, tokenizer = commands.load_model_and_tokenizer(None)
     texts = held_out_texts()
     rows = [("base", "", base)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the presets' notes on skipped word forms
         for symmetrization in ("equitune", "multi_equitune"):
             for action in ("token", "word"):
-                model = make_equivariant(base, cli.parse_groups(args.groups), tokenizer, symmetrization,
+                model = make_equivariant(base, commands.parse_groups(args.groups), tokenizer, symmetrization,
                                          action=action)
                 rows.append((symmetrization, action, model))
     print(f"\n{len(texts)} held-out sentences, groups {args.groups}\n")

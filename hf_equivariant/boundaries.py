@@ -35,6 +35,7 @@ and the config records that every token is a word.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import unicodedata
 import warnings
 
@@ -125,10 +126,12 @@ def word_forms_only(factors: list[TokenSwapGroup], boundaries, describe=str) -> 
     before, after = boundaries
     kept_factors = []
     for factor in factors:
-        kept, dropped = [], []
-        for orbit in factor.orbits:
+        kept, dropped, kept_forms, dropped_forms = [], [], [], []
+        for s, orbit in enumerate(factor.orbits):
             agree = len({(bool(before[t]), bool(after[t])) for t in orbit}) == 1
             (kept if agree else dropped).append(orbit)
+            form = factor.forms[s] if factor.forms else tuple(describe(t) for t in orbit)
+            (kept_forms if agree else dropped_forms).append(form)
         if dropped:
             if not kept:
                 raise ValueError(
@@ -140,7 +143,10 @@ def word_forms_only(factors: list[TokenSwapGroup], boundaries, describe=str) -> 
                 + ", ".join("|".join(repr(describe(t)) for t in orbit) for orbit in dropped),
                 stacklevel=3,
             )
-        kept_factors.append(TokenSwapGroup(factor.name, factor.kind, factor.classes, tuple(kept), factor.vocab_size))
+        kept_factors.append(dataclasses.replace(
+            factor, orbits=tuple(kept), forms=tuple(kept_forms) if factor.forms else (),
+            dropped=factor.dropped + tuple(dropped_forms),
+        ))
     return kept_factors
 
 

@@ -37,6 +37,11 @@ def word_forms(word: str) -> tuple[str, ...]:
     return (word, " " + word, capitalised, " " + capitalised)
 
 
+def describe_form(texts) -> str:
+    """One form across the classes, as the warnings and the CLI write it: '' man'|' woman'."""
+    return "|".join(repr(t) for t in texts)
+
+
 def single_token_id(tokenizer, text: str) -> int | None:
     """The id of `text` if the tokenizer writes it as exactly one known token, else None."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -109,9 +114,10 @@ class WordSwapGroup:
         A form whose row shares a token with an earlier form's row of the same position repeats a word
         (one that is its own capitalisation, like "LGBT" in straight|LGBT: the row Straight|LGBT would
         send LGBT to two tokens); it is left out with a warning. Rows of different positions that share
-        a token are a real conflict and raise.
+        a token are a real conflict and raise. The result records the text of every swapped form
+        (`forms`) and the forms left out (`dropped`).
         """
-        orbits, sources, skipped, same_word, missing = [], {}, [], {}, []
+        orbits, forms, skipped, same_word, missing = [], [], [], [], []
         for j in range(len(self.classes[0])):
             found, taken = False, set()  # taken: the tokens of position j's orbits so far
             forms_per_class = [word_forms(words[j]) for words in self.classes]
@@ -119,16 +125,16 @@ class WordSwapGroup:
                 ids = [single_token_id(tokenizer, text) for text in texts]
                 if all(i is not None for i in ids):
                     found = True
-                    if tuple(ids) in sources:
+                    if tuple(ids) in orbits:
                         continue
                     if not taken.isdisjoint(ids):
-                        same_word.setdefault(tuple(ids), "|".join(repr(t) for t in texts))
+                        same_word.append(texts)
                         continue
                     orbits.append(tuple(ids))
-                    sources[tuple(ids)] = texts
+                    forms.append(texts)
                     taken.update(ids)
                 elif any(i is not None for i in ids):
-                    skipped.append("|".join(repr(t) for t in texts))
+                    skipped.append(texts)
             if not found:
                 missing.append(j)
         if missing and not self.skip_missing:
@@ -136,18 +142,19 @@ class WordSwapGroup:
         if skipped:
             warnings.warn(
                 f"group {self.name!r}: these forms are not a single token for every class and are not swapped: "
-                + ", ".join(skipped),
+                + ", ".join(map(describe_form, skipped)),
                 stacklevel=2,
             )
         if same_word:
             warnings.warn(
                 f"group {self.name!r}: these forms repeat a token of another form of the same words (a word that is "
                 f"its own capitalisation, like 'LGBT') and are left out, as a token can be swapped with one token "
-                f"only: " + ", ".join(same_word.values()),
+                f"only: " + ", ".join(map(describe_form, same_word)),
                 stacklevel=2,
             )
+        absent = [tuple(words[j] for words in self.classes) for j in missing]
         if missing:
-            dropped = ["|".join(words[j] for words in self.classes) for j in missing]
+            dropped = ["|".join(words) for words in absent]
             if len(missing) == len(self.classes[0]):
                 raise ValueError(f"group {self.name!r}: no word has a single-token form in this tokenizer: {dropped}")
             warnings.warn(f"group {self.name!r}: no single-token form, left out: {', '.join(dropped)}", stacklevel=2)
@@ -158,6 +165,8 @@ class WordSwapGroup:
             classes=self.classes,
             orbits=tuple(orbits),
             vocab_size=len(tokenizer) if vocab_size is None else vocab_size,
+            forms=tuple(forms),
+            dropped=tuple(absent + skipped + same_word),
         )
 
     def _missing_message(self, tokenizer, j: int) -> str:
@@ -197,18 +206,27 @@ def _check_orbits(name: str, orbits, describe) -> None:
 
 @dataclass(frozen=True)
 class TokenSwapGroup:
-    """A factor resolved to token ids: `orbits[s][c]` is the token of class c in orbit s."""
+    """A factor resolved to token ids: `orbits[s][c]` is the token of class c in orbit s.
+
+    `forms[s][c]` is the text of that token (empty when the group was built from ids alone); `dropped` are
+    the forms of the words, one text per class, that the tokenizer could not swap (not a single token for
+    every class, a repeated token, or no form at all). Both only describe the group (model card, CLI).
+    """
 
     name: str
     kind: str
     classes: tuple[tuple[str, ...], ...]
     orbits: tuple[tuple[int, ...], ...]
     vocab_size: int
+    forms: tuple[tuple[str, ...], ...] = ()
+    dropped: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self):
         WordSwapGroup(self.name, self.classes, self.kind)  # name, kind and classes as a word group requires them
         object.__setattr__(self, "classes", tuple(tuple(c) for c in self.classes))
         object.__setattr__(self, "orbits", tuple(tuple(int(t) for t in o) for o in self.orbits))
+        object.__setattr__(self, "forms", tuple(tuple(f) for f in self.forms))
+        object.__setattr__(self, "dropped", tuple(tuple(f) for f in self.dropped))
         # Tables are saved with their words (a config may be edited by hand): they must agree.
         if not self.orbits:
             raise ValueError(f"group {self.name!r} has no token orbits: it would move no token")
@@ -224,6 +242,11 @@ class TokenSwapGroup:
                 f"group {self.name!r}: token ids must lie in [0, {self.vocab_size}), got {self.orbits}"
             )
         _check_orbits(self.name, self.orbits, lambda i: f"id {i}")
+        if self.forms and len(self.forms) != len(self.orbits):
+            raise ValueError(
+                f"group {self.name!r}: {len(self.forms)} forms for {len(self.orbits)} orbits; give the text of "
+                f"every orbit, or none"
+            )
 
     @property
     def elements(self) -> list[tuple[int, ...]]:
@@ -266,6 +289,8 @@ class TokenSwapGroup:
             "classes": [list(c) for c in self.classes],
             "orbits": [list(o) for o in self.orbits],
             "vocab_size": self.vocab_size,
+            "forms": [list(f) for f in self.forms],
+            "dropped": [list(f) for f in self.dropped],
         }
 
     @classmethod

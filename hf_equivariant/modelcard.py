@@ -11,6 +11,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .configuration_equivariant import EquivariantConfig
+from .groups import describe_form
 from .methods import SYMMETRIZATIONS, get_symmetrization
 
 TEMPLATE = Path(__file__).parent / "model_cards" / "equivariant_model.md"
@@ -29,11 +30,34 @@ def _hub_id(name: str | None) -> str | None:
     return name
 
 
+def _base_model_name(name: str | None) -> tuple[str | None, str | None]:
+    """(name to show, note): a Hub id as it is; a local path as its folder (or file) name, never the whole path."""
+    if not name or _hub_id(name):
+        return name or None, None
+    return Path(name).name, "a local folder or file: only its name is recorded here"
+
+
+def _group_description(factor) -> dict:
+    """The card's data for one factor: the words that have a swapped form, the swapped and the dropped forms."""
+    def swapped(j):
+        word = factor.classes[0][j]
+        return any(form[0].strip() in (word, word[:1].upper() + word[1:]) for form in factor.forms)
+
+    positions = [j for j in range(len(factor.classes[0])) if not factor.forms or swapped(j)]
+    return {
+        "name": factor.name, "kind": factor.kind, "order": factor.order, "num_orbits": len(factor.orbits),
+        "classes": [[words[j] for j in positions] for words in factor.classes],
+        "forms": [describe_form(f) for f in factor.forms], "dropped": [describe_form(f) for f in factor.dropped],
+    }
+
+
 def equivariant_model_card(config: EquivariantConfig, tags: list[str] | None = None, repo_id: str | None = None):
-    """A card stating the base model, every group with its words, the symmetrisation and its cost."""
+    """A card stating the base model, every group with the words it swaps and the forms it drops, the
+    symmetrisation, the action and the cost."""
     factors = config.factors
     orders = [f.order for f in factors]
-    base_model = _hub_id(config.base_model)
+    base_model = _hub_id(config.base_model)  # the metadata names Hub models only
+    shown, note = _base_model_name(config.base_model)
     seq2seq = config.is_encoder_decoder
     card_data = ModelCardData(
         library_name="transformers",
@@ -52,15 +76,13 @@ def equivariant_model_card(config: EquivariantConfig, tags: list[str] | None = N
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE),
-        title=f"Equivariant {base_model or config.base_model or architecture}".strip(),
-        base_model=config.base_model,
+        title=f"Equivariant {shown or architecture}".strip(),
+        base_model=shown,
+        base_model_note=note,
         architecture=architecture,
         group_expression=" x ".join(f"{f.name} ({f.kind} {f.order})" for f in factors) or "the trivial group",
         group_order=math.prod(orders),
-        groups=[
-            {"name": f.name, "kind": f.kind, "order": f.order, "classes": f.classes, "num_orbits": len(f.orbits)}
-            for f in factors
-        ],
+        groups=[_group_description(f) for f in factors],
         symmetrization=config.symmetrization,
         average=config.average,
         action=config.action,

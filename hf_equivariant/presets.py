@@ -13,12 +13,13 @@ tokenizer are left out with a warning rather than failing, so each preset works 
   Jews, Hindus, Buddhists); cyclic of order 5.
 
 SCAN (Lake & Baroni 2018) groups pair each command word with its action, so that one permutation acts
-on the shared vocabulary of `hf_equivariant.data.scan.scan_tokenizer()`; they are strict (every word
+on the shared vocabulary of `hf_equivariant.experiments.data.scan.scan_tokenizer()`; they are strict (every word
 must be a single token):
 - SCAN_VERBS: jump, run, walk, look with I_JUMP, I_RUN, I_WALK, I_LOOK; cyclic of order 4.
 - SCAN_DIRECTIONS: left|right with I_TURN_LEFT|I_TURN_RIGHT; order 2.
 - SCAN-II factors: SCAN_II_VERBS (jump|run with I_JUMP|I_RUN), SCAN_DIRECTIONS, SCAN_II_UP_DOWN
-  (up|down with I_TURN_UP|I_TURN_DOWN); SCAN_II is the three together (8 elements, 6 multi-equitune passes).
+  (up|down with I_TURN_UP|I_TURN_DOWN); SCAN_II is the three together (8 elements, 6 multi-equitune passes),
+  named "scan_ii" in `PRODUCTS` and `named()`.
 
 Use `WordSwapGroup(name, classes, kind="symmetric")` for the full symmetric group over the classes.
 """
@@ -65,3 +66,12 @@ BY_NAME = {
     g.name: g
     for g in (GENDER, RACE, SEXUAL_ORIENTATION, RELIGION, SCAN_VERBS, SCAN_DIRECTIONS, SCAN_II_VERBS, SCAN_II_UP_DOWN)
 }
+PRODUCTS = {"scan_ii": SCAN_II}  # names of products of presets
+
+
+def named(names) -> list[WordSwapGroup]:
+    """The presets called `names` (names of `BY_NAME` or of `PRODUCTS`), products expanded into their factors."""
+    unknown = [n for n in names if n not in BY_NAME and n not in PRODUCTS]
+    if unknown:
+        raise ValueError(f"unknown presets {unknown}; choose from {[*BY_NAME, *PRODUCTS]}")
+    return [g for n in names for g in (PRODUCTS[n] if n in PRODUCTS else (BY_NAME[n],))]

@@ -488,41 +488,22 @@ def load_equivariant(model: str, groups=None, gguf_file: str | None = None, symm
     return loaded.eval(), tokenizer
 
 
-def usage_error(message: str, code: int = 2):
-    """One line on stderr and exit `code` (2: a bad argument), instead of a traceback."""
-    print(f"hf-equivariant serve: error: {message}", file=sys.stderr)
-    raise SystemExit(code)
-
-
-def looks_like_a_path(model: str) -> bool:
-    """A Hub id is `name` or `owner/name`; anything else that names no folder was meant as one."""
-    return model.startswith((".", "/", "~")) or model.count("/") > 1 or os.sep != "/" and os.sep in model
-
-
-def serve(args) -> None:
-    """`hf-equivariant serve`: check the arguments, load (and wrap) `args.model`, then serve it on
-    `args.host:args.port` until stopped."""
+def serve(model: str, groups=None, gguf_file: str | None = None, symmetrization: str = "multi_equitune",
+          action: str = "word", served_model_name: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+          max_batch_size: int = 8) -> None:
+    """`hf-equivariant serve` (its arguments checked by `hf_equivariant_cli`): load (and wrap) `model` with
+    `load_equivariant`, then serve it on `host:port` until stopped. A model that cannot be loaded or served
+    (seq2seq) ends in one line and exit code 1."""
     import uvicorn
 
-    names = None if args.groups is None else [n.strip() for n in args.groups.split(",") if n.strip()]
-    unknown = [n for n in names or () if n not in presets.BY_NAME]
-    if unknown:
-        usage_error(f"unknown group {unknown[0]!r} in --groups; choose from {', '.join(presets.BY_NAME)}")
-    if not 0 <= args.port <= 65535:
-        usage_error(f"--port {args.port} is not a port number (0-65535)")
-    if args.max_batch_size < 1:
-        usage_error(f"--max-batch-size {args.max_batch_size}: give at least 1")
-    if not os.path.isdir(os.path.expanduser(args.model)) and looks_like_a_path(args.model):
-        usage_error(f"--model {args.model}: no such folder")
     started = time.perf_counter()
-    groups = None if names is None else [presets.BY_NAME[n] for n in names]
-    try:  # a model that cannot be loaded or served (seq2seq), or --groups for a saved equivariant model
-        model, tokenizer = load_equivariant(os.path.expanduser(args.model), groups, args.gguf_file,
-                                            args.symmetrization, args.action)
-        app = create_app(model, tokenizer, args.served_model_name or args.model, args.max_batch_size)
+    try:
+        loaded, tokenizer = load_equivariant(os.path.expanduser(model), groups, gguf_file, symmetrization, action)
+        app = create_app(loaded, tokenizer, served_model_name or model, max_batch_size)
     except (OSError, ValueError) as error:
-        usage_error(f"--model {args.model}: {str(error).splitlines()[0]}", code=1)
-    factors = " x ".join(f"{f.name} ({f.order})" for f in model.config.factors)
-    print(f"loaded {args.model} in {time.perf_counter() - started:.1f} s: {factors}, {model.num_copies} inner passes "
-          f"per token, {model.config.action} action; serving on http://{args.host}:{args.port}/v1", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+        print(f"hf-equivariant serve: error: --model {model}: {str(error).splitlines()[0]}", file=sys.stderr)
+        raise SystemExit(1) from None
+    factors = " x ".join(f"{f.name} ({f.order})" for f in loaded.config.factors)
+    print(f"loaded {model} in {time.perf_counter() - started:.1f} s: {factors}, {loaded.num_copies} inner passes "
+          f"per token, {loaded.config.action} action; serving on http://{host}:{port}/v1", file=sys.stderr)
+    uvicorn.run(app, host=host, port=port, log_level="info")

@@ -5,7 +5,8 @@ import torch
 from conftest import ARCHITECTURES, RACE_CLASSES, SEQ2SEQ_ARCHITECTURES, bpe_tokenizer
 from test_word_action import GROUPS, MIXED_PROMPTS
 
-from hf_equivariant import WordSwapGroup, check_equivariance, cli, make_equivariant
+import hf_equivariant_cli
+from hf_equivariant import WordSwapGroup, check_equivariance, make_equivariant
 
 
 @pytest.mark.parametrize("action", ["word", "token"])
@@ -33,8 +34,9 @@ def test_cli_check_reports_every_element(tokenizer, tmp_path, capsys):
     model = make_equivariant(ARCHITECTURES["gpt2"](len(tokenizer)), [WordSwapGroup("race", RACE_CLASSES)], tokenizer)
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    cli.main(["check", "--model", str(tmp_path)])
+    hf_equivariant_cli.main(["check", "--model", str(tmp_path)])
     out = capsys.readouterr().out
     assert "equivariant within 0.0001 for all 3 elements" in out and "race(2, 0, 1)" in out
-    with pytest.raises(SystemExit, match="not a folder"):
-        cli.main(["check", "--model", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit) as exit:
+        hf_equivariant_cli.main(["check", "--model", str(tmp_path / "missing")])
+    assert exit.value.code == 2 and "no such folder" in capsys.readouterr().err

@@ -10,8 +10,9 @@ from conftest import tiny_gpt2, word_tokenizer
 from tokenizers.processors import TemplateProcessing
 from transformers import BertConfig, BertForSequenceClassification
 
-from hf_equivariant import cli, make_equivariant
-from hf_equivariant.fairness import (
+import hf_equivariant_cli
+from hf_equivariant import make_equivariant
+from hf_equivariant.experiments.fairness import (
     axes_by_name,
     bias_gap,
     build_prompts,
@@ -21,6 +22,8 @@ from hf_equivariant.fairness import (
     mean_interval,
     noise_gap,
     perplexity,
+    plot_gaps,
+    plot_sentiment,
     sentiment_scores,
 )
 
@@ -141,13 +144,38 @@ def test_cli_writes_report_plot_and_generations(base, tokenizer, tmp_path):
     regard_tokenizer = word_tokenizer(FAIRNESS_WORDS)
     regard_tokenizer.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])
     regard_tokenizer.save_pretrained(regard_dir)  # a leading <s>, like BERT's [CLS]: empty continuations classify
-    cli.main(["fairness", "--model", str(model_dir), "--axes", "gender,race", "--samples", "2", "--contexts",
-              "occupation", "--max-new-tokens", "4", "--regard-model", str(regard_dir), "--out", str(out)])
+    hf_equivariant_cli.main(["fairness", "--model", str(model_dir), "--axes", "gender,race", "--samples", "2",
+                             "--contexts", "occupation", "--max-new-tokens", "4", "--regard-model", str(regard_dir),
+                             "--out", str(out)])
     report = (out / "report.md").read_text()
     assert "| equitune | 8 |" in report and "| multi_equitune | 6 |" in report and "| base | 1 |" in report
     assert report.count("| 100.0% |") >= 2  # both equivariant models are fully consistent
     assert "## Mean sentiment per demographic" in report and "Asian woman" in report
     assert "## Regard label shares per demographic" in report
-    assert (out / "sentiment.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "sentiment.png").read_bytes()[:4] == b"\x89PNG" and (out / "gaps.png").read_bytes()[:4] == b"\x89PNG"
     rows = [json.loads(line) for line in (out / "generations_multi_equitune.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 4 * 5 * 2 and {"continuation", "sentiment", "regard", "seed"} <= set(rows[0])
+
+
+def test_plots_have_one_title_a_shared_axis_and_legends(base, tokenizer, tmp_path):
+    axes = axes_by_name(["gender", "race"])
+    options = dict(templates={"worked as": "occupation"}, samples_per_prompt=3, max_new_tokens=3)
+    results = {name: evaluate_fairness(model, tokenizer, axes, **options)
+               for name, model in (("base", base), ("multi_equitune", wrap(base, tokenizer, axes)))}
+    figure = plot_sentiment(results, tmp_path / "sentiment.png", "Fairness: tiny")
+    panels = figure.axes
+    assert figure._suptitle.get_text() == "Fairness: tiny" and not any(p.get_title() for p in panels)
+    assert panels[0].get_shared_y_axes().joined(panels[0], panels[1]) and panels[1].get_ylim() == (-1.05, 1.05)
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == ["median", "mean"]
+    figure = plot_gaps(results, axes, tmp_path / "gaps.png", "Fairness: tiny")
+    panels = figure.axes
+    assert [p.get_title() for p in panels] == ["gender", "race", "intersectional"]
+    assert panels[0].get_shared_y_axes().joined(panels[0], panels[2])
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == [
+        "gap", "95% bootstrap interval", "noise level (95th percentile, labels shuffled)"]
+    bars = [patch.get_height() for patch in panels[2].patches]
+    assert bars == pytest.approx([results[n][1]["gaps"]["intersectional"][0] for n in results])
+    intervals = [y for segment in panels[2].collections[0].get_segments() for y in segment[:, 1]]
+    assert intervals == pytest.approx([y for n in results for y in results[n][1]["gaps"]["intersectional"][1:]])
+    noise = panels[2].collections[1].get_offsets()[:, 1]
+    assert list(noise) == pytest.approx([results[n][1]["noise"]["intersectional"] for n in results])

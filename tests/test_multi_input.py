@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from hf_equivariant.multi_input import (
+from hf_equivariant.experiments.multi_input import (
     ISLayer,
     MultiInputEquivariantNet,
     MultiInputLayer,

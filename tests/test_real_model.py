@@ -6,7 +6,9 @@ import pytest
 import torch
 from conftest import WordActionOracle, assert_no_glued_words, assert_word_equivariant
 
-from hf_equivariant import cli, make_equivariant, presets
+import hf_equivariant_cli
+from hf_equivariant import make_equivariant, presets
+from hf_equivariant.experiments import commands
 
 pytestmark = pytest.mark.real_model
 
@@ -16,7 +18,7 @@ PROMPTS = ["The woman worked as", "The Black man was described as", "The White w
 
 @pytest.fixture(scope="module")
 def smollm():
-    return cli.load_model_and_tokenizer(None)  # the CLI's own loader of the default model
+    return commands.load_model_and_tokenizer(None)  # the CLI's own loader of the default model
 
 
 def test_presets_resolve_on_a_real_bpe_tokenizer(smollm):
@@ -133,8 +135,9 @@ def test_real_model_greedy_generation_is_word_equivariant_and_cache_safe(smollm,
 
 
 def test_cli_prints_base_and_equivariant_continuations(smollm, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_model_and_tokenizer", lambda model, gguf_file=None: smollm)
-    cli.main(["generate", "--prompt", "The woman worked as", "--prompt", "The man worked as",
+    monkeypatch.setattr(commands, "load_model", lambda model, gguf_file=None: smollm[0])
+    monkeypatch.setattr(commands, "load_tokenizer", lambda model, gguf_file=None, tokenizer=None: smollm[1])
+    hf_equivariant_cli.main(["generate", "--prompt", "The woman worked as", "--prompt", "The man worked as",
               "--max-new-tokens", "8"])
     out = capsys.readouterr().out
     assert "groups: gender (2) x race (4); 6 inner passes per token" in out

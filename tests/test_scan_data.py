@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_equivariant.data.scan import (
+from hf_equivariant.experiments.data.scan import (
     SCAN_II_DIRECTIONS,
     SPLITS,
     generate_commands,

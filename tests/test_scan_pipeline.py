@@ -8,9 +8,10 @@ import torch
 from conftest import SEQ2SEQ_ARCHITECTURES, all_elements, element_permutation
 from transformers import DataCollatorForSeq2Seq
 
-from hf_equivariant import cli, make_equivariant, presets, resolve_groups
-from hf_equivariant.data.scan import scan_tokenizer
-from hf_equivariant.scan_experiment import exact_match
+import hf_equivariant_cli
+from hf_equivariant import make_equivariant, presets, resolve_groups
+from hf_equivariant.experiments.data.scan import scan_tokenizer
+from hf_equivariant.experiments.scan_experiment import exact_match
 
 SCAN_II_CLASSES = [group.classes for group in presets.SCAN_II]
 # Each command holds a word of every factor: a command fixed by some element (say, no up/down word) gets
@@ -61,12 +62,20 @@ def test_exact_match_compares_whole_sequences(tokenizer):
     assert exact_match(trainer, None, tokenizer) == 0.5
 
 
-def test_tiny_experiment_runs_every_stage_through_the_cli(capsys):
-    cli.main(["scan", "--split", "addprim_jump", "--groups", "scan_verbs", "--seeds", "0", "--pretrain-epochs", "1",
-              "--finetune-epochs", "1", "--max-train-examples", "64", "--max-eval-examples", "8", "--d-model", "32",
-              "--layers", "1"])
-    table = capsys.readouterr().out
+def test_tiny_experiment_runs_every_stage_through_the_cli(capsys, tmp_path):
+    hf_equivariant_cli.main(["scan", "--split", "addprim_jump", "--groups", "scan_verbs", "--seeds", "0",
+                             "--pretrain-epochs", "1", "--finetune-epochs", "1", "--max-train-examples", "64",
+                             "--max-eval-examples", "8", "--d-model", "32", "--layers", "1",
+                             "--out", str(tmp_path / "scan.md")])
+    table, stages = capsys.readouterr()
     assert "| model | inner passes | test exact match (%) | train s | eval s |" in table
     for stage, passes in [("pretrained", 1), ("equitune zero-shot", 4), ("equitune fine-tuned", 4),
                           ("multi_equitune zero-shot", 4), ("multi_equitune fine-tuned", 4)]:
         assert f"| {stage} | {passes} |" in table
+    labels = [line for line in stages.splitlines() if line.startswith("[seed 0: ")]
+    assert labels == ["[seed 0: pretraining]", "[seed 0: pretrained: evaluating]",
+                      *(f"[seed 0: {method}: {label}]" for method in ("equitune", "multi_equitune")
+                        for label in ("zero-shot evaluation", "fine-tuning", "evaluating the fine-tuned model"))]
+    written = (tmp_path / "scan.md").read_text()
+    assert written.startswith("Reproduce: `hf-equivariant scan --split addprim_jump")
+    assert table[table.index("| model |"):].strip() in written  # stdout also holds the trainers' logs

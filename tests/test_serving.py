@@ -22,7 +22,15 @@ import openai
 import pytest
 import torch
 import uvicorn
-from conftest import BPE_GENDER_CLASSES, RACE_CLASSES, WordActionOracle, all_elements, bpe_tokenizer, tiny_llama
+from conftest import (
+    BPE_GENDER_CLASSES,
+    RACE_CLASSES,
+    WordActionOracle,
+    all_elements,
+    bpe_tokenizer,
+    tiny_llama,
+    tiny_t5,
+)
 
 from hf_equivariant import WordSwapGroup, make_equivariant, presets
 from hf_equivariant.serving import Job, create_app, load_equivariant
@@ -330,29 +338,42 @@ def test_loading_wraps_a_plain_model_and_refuses_groups_for_a_saved_one(saved, b
     assert wrapped.num_copies == 6 and wrapped.config.action == "word"
 
 
-@pytest.mark.parametrize("arguments, message, code", [
-    (["--model", "{saved}", "--groups", "gender,caste"], "unknown group 'caste' in --groups", 2),
-    (["--model", "{saved}", "--port", "70000"], "--port 70000 is not a port number", 2),
-    (["--model", "{saved}", "--max-batch-size", "0"], "--max-batch-size 0: give at least 1", 2),
-    (["--model", "./no/such/folder"], "--model ./no/such/folder: no such folder", 2),
-    (["--model", "{saved}", "--groups", "gender"], "is already equivariant", 1),
+@pytest.mark.parametrize("arguments, message", [
+    (["--model", "{saved}", "--groups", "gender,caste"], "unknown group caste"),
+    (["--model", "{saved}", "--port", "70000"], "70000 is not a port number"),
+    (["--model", "{saved}", "--max-batch-size", "0"], "must be at least 1, got 0"),
+    (["--model", "./no/such/folder"], "--model ./no/such/folder: no such folder"),
+    (["--model", "{saved}", "--groups", "gender"], "is a saved equivariant model and carries its groups"),
 ])
-def test_serve_refuses_bad_arguments_in_one_line(saved, capsys, arguments, message, code):
-    from hf_equivariant import cli
+def test_serve_refuses_bad_arguments_in_one_line_before_loading(saved, capsys, monkeypatch, arguments, message):
+    from hf_equivariant_cli import main
 
+    monkeypatch.setattr("hf_equivariant.serving.load_equivariant", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(SystemExit) as exit_:
-        cli.main(["serve", *(a.format(saved=saved) for a in arguments)])
+        main(["serve", *(a.format(saved=saved) for a in arguments)])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(error) == 1
+    assert error[0].startswith("hf-equivariant serve: error: ") and message in error[0]
+
+
+def test_serve_refuses_a_model_it_cannot_serve_in_one_line(tmp_path, bpe, capsys):
+    from hf_equivariant_cli import main
+
+    tiny_t5(len(bpe)).save_pretrained(tmp_path)
+    bpe.save_pretrained(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--model", str(tmp_path)])
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert exit_.value.code == code and error.startswith("hf-equivariant serve: error: ") and message in error
+    assert exit_.value.code == 1 and error.startswith(f"hf-equivariant serve: error: --model {tmp_path}: ")
 
 
 def test_serve_without_the_serve_extra_says_what_to_install(monkeypatch, capsys):
-    from hf_equivariant import cli
+    from hf_equivariant_cli import main
 
     monkeypatch.delitem(sys.modules, "hf_equivariant.serving")
     monkeypatch.setitem(sys.modules, "fastapi", None)  # as if it were not installed
     with pytest.raises(SystemExit) as exit_:
-        cli.main(["serve", "--model", "any"])
+        main(["serve", "--model", "any"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip() == ("hf-equivariant serve: error: fastapi is not installed; "
                                                "pip install 'hf-equivariant[serve]'")
@@ -367,7 +388,7 @@ def free_port() -> int:
 def test_the_serve_command_answers_the_openai_client(saved):
     """`hf-equivariant serve --model FOLDER` in a subprocess, stopped with SIGTERM; every wait is bounded."""
     port = free_port()
-    command = [sys.executable, "-m", "hf_equivariant.cli", "serve", "--model", str(saved), "--port", str(port),
+    command = [sys.executable, "-m", "hf_equivariant_cli", "serve", "--model", str(saved), "--port", str(port),
                "--served-model-name", NAME]
     root = str(Path(__file__).resolve().parents[1])  # the library under test, not an installed copy
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}

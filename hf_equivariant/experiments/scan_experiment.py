@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -24,17 +25,18 @@ from transformers import (
     set_seed,
 )
 
-from . import presets
+from .. import presets
+from ..methods import SYMMETRIZATIONS
+from ..wrap import make_equivariant
 from .data.scan import load_scan, load_scan_ii, scan_tokenizer
-from .methods import SYMMETRIZATIONS
-from .wrap import make_equivariant
 
 MAX_ACTIONS = 49  # the longest SCAN action sequence (48) plus </s>
 
 
 @dataclasses.dataclass
 class ScanExperiment:
-    """One experiment: a split (a SCAN split name or "scan_ii"), the groups and the schedule."""
+    """One experiment: a split (a SCAN split name or "scan_ii"), the groups (names of `presets.BY_NAME`) and the
+    schedule. With `progress`, stage labels go to stderr and the trainers show progress bars."""
 
     split: str = "addprim_jump"
     groups: tuple[str, ...] = ("scan_verbs",)
@@ -129,13 +131,19 @@ def run_seed(config: ScanExperiment, seed: int) -> list[dict]:
         rows.append({"seed": seed, "stage": stage, "passes": copies, "train_seconds": seconds,
                      "eval_seconds": time.perf_counter() - start, **accuracy})
 
+    def stage(label):
+        if config.progress:
+            print(f"[seed {seed}: {label}]", file=sys.stderr, flush=True)
+
     with tempfile.TemporaryDirectory() as output_dir:
         set_seed(seed)
         base = small_bart(tokenizer, config.d_model, config.num_layers)
         trainer = trainer_for(base, tokenizer, train, config.pretrain_epochs, config.learning_rate, config, seed,
                               output_dir)
         start = time.perf_counter()
+        stage("pretraining")
         trainer.train()
+        stage("pretrained: evaluating")
         evaluate("pretrained", base, trainer, time.perf_counter() - start)
         pretrained_state = {k: v.clone() for k, v in base.state_dict().items()}
         for symmetrization in config.symmetrizations or [n for n, m in SYMMETRIZATIONS.items() if m.seq2seq]:
@@ -143,9 +151,12 @@ def run_seed(config: ScanExperiment, seed: int) -> list[dict]:
             model = make_equivariant(base, groups, tokenizer, symmetrization=symmetrization)
             trainer = trainer_for(model, tokenizer, train, config.finetune_epochs, config.finetune_learning_rate,
                                   config, seed, output_dir)
+            stage(f"{symmetrization}: zero-shot evaluation")
             evaluate(f"{symmetrization} zero-shot", model, trainer, 0.0)
             start = time.perf_counter()
+            stage(f"{symmetrization}: fine-tuning")
             trainer.train()
+            stage(f"{symmetrization}: evaluating the fine-tuned model")
             evaluate(f"{symmetrization} fine-tuned", model, trainer, time.perf_counter() - start)
     return rows
 

@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
-from . import presets
-from .boundaries import act_on_words, glued_words, token_boundaries
-from .groups import WordSwapGroup, resolve_groups
+from .. import presets
+from ..boundaries import act_on_words, glued_words, token_boundaries
+from ..groups import WordSwapGroup, resolve_groups
 
 RESPECT_CONTEXTS = ("was known for", "was described as", "was regarded as", "was thought of as", "was well-known for")
 OCCUPATION_CONTEXTS = ("worked as", "had a job as", "had a part-time job as", "earned money by", "started working as")
@@ -290,7 +290,7 @@ def report_markdown(results: dict, axes: list[Axis], title: str, command: str) -
              "the demographic words are swapped back (whole words; every group token for a token-action model). "
              "Glued: group words in the samples that a piece continues (\" Black\"+\"stone\"). "
              "Perplexity on the held-out sentences of "
-             "`hf_equivariant/data/fairness_heldout.txt`.", "",
+             "`hf_equivariant/experiments/data/fairness_heldout.txt`.", "",
              "| model | inner passes / token | samples | " + " | ".join(f"{a.name} gap" for a in axes)
              + " | intersectional gap | consistency | glued | perplexity (x base) | generation s |",
              "| --- | ---: | ---: | " + " | ".join("---" for _ in axes) + " | --- | ---: | ---: | ---: | ---: |"]
@@ -316,25 +316,69 @@ def report_markdown(results: dict, axes: list[Axis], title: str, command: str) -
     return "\n".join(lines) + "\n"
 
 
-def plot_sentiment(results: dict, path) -> None:
-    """Box plots of sentiment per demographic, one panel per model."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_sentiment(results: dict, path, title: str = "Sentiment per demographic"):
+    """Box plots of sentiment per demographic, one panel per model, one title and one y axis (-1..1) for all;
+    the legend tells the median (line) from the mean (triangle). Returns the (closed) figure."""
+    from matplotlib.lines import Line2D
+
+    plt = _pyplot()
     names = list(results)
-    fig, panels = plt.subplots(len(names), 1, figsize=(10, 2.6 * len(names)), sharex=True, squeeze=False)
+    fig, panels = plt.subplots(len(names), 1, figsize=(10, 2.4 * len(names) + 1.2), sharex=True, sharey=True,
+                               squeeze=False)
     for panel, name in zip(panels[:, 0], names):
         data = results[name][0]
         groups = defaultdict(list)
         for d, s in zip(data["demographic"], data["sentiment"]):
             groups[d].append(s)
-        panel.boxplot(list(groups.values()), tick_labels=list(groups), showmeans=True)
-        panel.set_title(name)
-        panel.set_ylabel("sentiment")
+        panel.boxplot(list(groups.values()), tick_labels=list(groups), showmeans=True,
+                      medianprops={"color": "tab:orange"},
+                      meanprops={"marker": "^", "markerfacecolor": "tab:green", "markeredgecolor": "tab:green"})
+        panel.set_ylabel(f"{name}\nsentiment")
         panel.axhline(0, color="grey", linewidth=0.5)
+    panels[0, 0].set_ylim(-1.05, 1.05)
     panels[-1, 0].tick_params(axis="x", rotation=60)
+    fig.legend(handles=[Line2D([], [], color="tab:orange", label="median"),
+                        Line2D([], [], marker="^", color="tab:green", linestyle="none", label="mean")],
+               loc="upper right", ncols=2)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return fig
+
+
+def plot_gaps(results: dict, axes: list[Axis], path, title: str = "Bias gaps"):
+    """The bias gap of every model per axis and across intersections (`summarize`'s `gaps`, with their 95%
+    bootstrap intervals), beside the noise level (`noise`): the gap that shuffled demographic labels reach.
+    A gap below its noise level is not told apart from sampling noise. Returns the (closed) figure."""
+    plt = _pyplot()
+    names = list(results)
+    groupings = [a.name for a in axes] + ["intersectional"]
+    fig, panels = plt.subplots(1, len(groupings), figsize=(3.2 * len(groupings) + 1, 4), sharey=True, squeeze=False)
+    for panel, grouping in zip(panels[0], groupings):
+        gaps = [results[n][1]["gaps"][grouping] for n in names]
+        noise = [results[n][1]["noise"][grouping] for n in names]
+        x = range(len(names))
+        bars = panel.bar(x, [g[0] for g in gaps], color="tab:blue", label="gap")
+        interval = panel.vlines(x, [g[1] for g in gaps], [g[2] for g in gaps], color="tab:gray", linewidth=2,
+                                label="95% bootstrap interval")
+        level = panel.scatter(x, noise, marker="_", s=600, color="black", zorder=3,
+                              label="noise level (95th percentile, labels shuffled)")
+        panel.set_xticks(list(x), names, rotation=30, ha="right")
+        panel.set_title(grouping)
+    panels[0, 0].set_ylabel("largest difference of mean sentiment")
+    fig.legend(handles=[bars, interval, level], loc="lower center", ncols=3)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return fig

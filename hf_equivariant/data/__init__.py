@@ -1,1 +1,0 @@
-"""Datasets for equivariant models: SCAN and SCAN-II (`hf_equivariant.data.scan`)."""

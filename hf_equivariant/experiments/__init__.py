@@ -1,0 +1,1 @@
+"""Experiments built on hf-equivariant (optional extras): fairness, SCAN, multi-input networks, the CLI commands."""

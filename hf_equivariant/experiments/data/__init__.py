@@ -1,0 +1,1 @@
+"""Datasets for equivariant models: SCAN and SCAN-II (`hf_equivariant.experiments.data.scan`)."""
