@@ -93,3 +93,51 @@ def save_model_card(card: ModelCard, path: str) -> None:
                     existing.data[key] = value
             card = existing
     card.save(path)
+
+
+VISION_TEMPLATE = Path(__file__).parent / "model_cards" / "equivariant_vision_model.md"
+CITATIONS = {
+    "equitune": 'Basu et al., "Equi-Tuning", AAAI 2023',
+    "equizero": 'Basu et al., "Efficient Equivariant Transfer Learning from Pretrained Models", NeurIPS 2023',
+    "multi_equitune": 'Baltaji, Basu, Varshney, "Efficient Model-Agnostic Multi-Group Equivariant Networks", TMLR 2024',
+    "multi_equizero": 'Baltaji, Basu, Varshney, "Efficient Model-Agnostic Multi-Group Equivariant Networks", TMLR 2024',
+}
+
+
+def vision_model_card(config, model_class: str, tags: list[str] | None = None):
+    """A card for an image model invariant to image groups (`EquivariantVisionConfig`)."""
+    from .image_groups import commute
+    from .image_symmetrize import count_copies as image_copies
+
+    factors = config.factors
+    orders = [f.order for f in factors]
+    base_model = _hub_id(config.base_model)
+    clip = model_class == "EquivariantCLIPModel"
+    card_data = ModelCardData(
+        library_name="transformers",
+        base_model=base_model,
+        pipeline_tag="zero-shot-image-classification" if clip else "image-classification",
+        tags=list(dict.fromkeys(["hf-equivariant", "invariance", config.symmetrization]
+                                + [f"group:{f.name}" for f in factors] + (tags or []))),
+    )
+    architecture = config.inner_config.model_type
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(VISION_TEMPLATE),
+        title=f"Invariant {base_model or config.base_model or architecture}",
+        base_model=config.base_model,
+        architecture=architecture,
+        group_expression=" x ".join(f"{f.name} ({f.kind})" for f in factors),
+        group_order=math.prod(orders),
+        groups=[{"name": f.name, "kind": f.kind, "order": f.order} for f in factors],
+        commute=commute(factors),
+        symmetrization=config.symmetrization,
+        citation=CITATIONS[config.symmetrization],
+        num_copies=image_copies(orders, config.symmetrization),
+        equitune_copies=image_copies(orders, "equitune"),
+        multi_copies=image_copies(orders, "multi_equitune"),
+        deduplicate=config.deduplicate,
+        average=config.average,
+        equizero_loss=config.equizero_loss,
+        auto_class="AutoModelForZeroShotImageClassification" if clip else "AutoModelForImageClassification",
+    )
