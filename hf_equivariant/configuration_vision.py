@@ -49,7 +49,7 @@ class EquivariantVisionConfig(PreTrainedConfig):
         # Pipelines read the labels from the outer config.
         if getattr(self.inner_config, "id2label", None):
             self.id2label = dict(self.inner_config.id2label)
-            self.label2id = dict(self.inner_config.label2id)
+            self.label2id = {label: i for i, label in self.id2label.items()}
         problem = getattr(self.inner_config, "problem_type", None)
         if problem in ("regression", "multi_label_classification") and self.average != "logits":
             raise ValueError(
