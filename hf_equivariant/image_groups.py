@@ -117,12 +117,46 @@ def canonicalize(x: torch.Tensor, over: torch.Tensor, invariant_to: torch.Tensor
     return orbit[best, torch.arange(x.shape[0], device=x.device)]
 
 
-@dataclass(frozen=True)
-class ImageGroup:
-    """A factor acting on images: `ImageGroup("rot90")`, `ImageGroup("hflip")`, ... (see `KINDS`).
+class PixelAction:
+    """The action of a group of pixel permutations (`ImageGroup`, `ImageGroupProduct`), from its `pixel_tables`.
 
-    Implements `symmetry.SymmetryGroup`: its outputs are invariant (output_permutations() is None).
+    Implements `symmetry.SymmetryGroup` with the subclass's `name`, `elements`, `order`, `to_dict`, `from_dict`.
     """
+
+    def pixel_tables(self, height: int, width: int, device=None) -> torch.Tensor:
+        """[|G|, H*W] long: the pixel table of each element, in the order of `elements`."""
+        return pixel_tables(self.factors, height, width, device)
+
+    def act(self, x: torch.Tensor, index: torch.Tensor | int) -> torch.Tensor:
+        """[K, *x.shape]: the elements `index` ([K] long) applied to the images x [..., H, W]; for an int index,
+        that one element applied, x.shape."""
+        if isinstance(index, int):
+            return self.act(x, torch.tensor([index], device=x.device))[0]
+        return gather_pixels(x, self.pixel_tables(*x.shape[-2:], device=x.device)[index])
+
+    def inverse_act(self, ys: torch.Tensor) -> torch.Tensor:
+        """[|G|, ..., H, W] -> the same with ys[k] replaced by g_k^-1 . ys[k] (one gather)."""
+        inverse = self.pixel_tables(*ys.shape[-2:], device=ys.device).argsort(-1)  # t_{g^-1} = t_g^-1
+        flat = ys.flatten(-2)
+        index = inverse.view(inverse.shape[0], *[1] * (flat.dim() - 2), -1).expand_as(flat)
+        return flat.gather(-1, index).view_as(ys)
+
+    def output_permutations(self) -> None:
+        """None: class scores of an image do not move when the image does."""
+        return None
+
+    def canonicalize(self, x: torch.Tensor) -> torch.Tensor:
+        """c_G(x) (module docstring): the same image for every g . x, in the orbit of x."""
+        return canonicalize(x, self.pixel_tables(*x.shape[-2:], device=x.device))
+
+    def __mul__(self, other: PixelAction) -> ImageGroupProduct:
+        """The product of two groups: elements (a, b) acting as a o b."""
+        return ImageGroupProduct((*self.factors, *other.factors))
+
+
+@dataclass(frozen=True)
+class ImageGroup(PixelAction):
+    """A factor acting on images: `ImageGroup("rot90")`, `ImageGroup("hflip")`, ... (see `KINDS`)."""
 
     kind: str
     name: str = ""
@@ -135,6 +169,10 @@ class ImageGroup:
         object.__setattr__(self, "name", self.name or self.kind)
 
     @property
+    def factors(self) -> tuple[ImageGroup]:
+        return (self,)
+
+    @property
     def order(self) -> int:
         return KINDS[self.kind]
 
@@ -143,23 +181,44 @@ class ImageGroup:
         """k = 0..|G|-1: rotation by k quarter turns (rot90), by k half turns (rot180), mirrored or not (flips)."""
         return list(range(self.order))
 
-    def act(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """[K, *x.shape]: the elements `index` applied to the images x [..., H, W]."""
-        return gather_pixels(x, pixel_tables([self], *x.shape[-2:], device=x.device)[index])
-
-    def output_permutations(self) -> None:
-        """None: class scores of an image do not move when the image does."""
-        return None
-
-    def canonicalize(self, x: torch.Tensor) -> torch.Tensor:
-        return canonicalize(x, pixel_tables([self], *x.shape[-2:], device=x.device))
-
     def to_dict(self) -> dict:
         return {"name": self.name, "kind": self.kind}
 
     @classmethod
     def from_dict(cls, data: dict) -> ImageGroup:
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class ImageGroupProduct(PixelAction):
+    """The product G1 x ... x GN of image groups as one group: elements (g1, ..., gN) acting as g1 o ... o gN.
+
+    The factors need not commute (rot90 x hflip is the dihedral group), but must act faithfully.
+    """
+
+    factors: tuple[ImageGroup, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "factors", tuple(resolve_image_groups(self.factors)))
+
+    @property
+    def name(self) -> str:
+        return "x".join(f.name for f in self.factors)
+
+    @property
+    def order(self) -> int:
+        return len(self.elements)
+
+    @property
+    def elements(self) -> list[tuple[int, ...]]:
+        return list(itertools.product(*(f.elements for f in self.factors)))
+
+    def to_dict(self) -> dict:
+        return {"factors": [f.to_dict() for f in self.factors]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ImageGroupProduct:
+        return cls(tuple(data["factors"]))
 
 
 def commute(factors) -> bool:

@@ -11,8 +11,9 @@ A group G with elements g_0 = e, g_1, ..., g_{|G|-1} gives
   orbit of x;
 - `to_dict()` / `from_dict(data)`: a JSON form for config.json.
 
-`groups.TokenSwapGroup` (a word-swap group resolved to token ids) and `image_groups.ImageGroup`
-(rotations and flips of pixel_values) implement it.
+`groups.TokenSwapGroup` (a word-swap group resolved to token ids), `image_groups.ImageGroup` (rotations and
+flips of pixel_values) and `image_groups.ImageGroupProduct` (a product of those as one group, as the
+multi-input networks use it) implement it.
 """
 
 from __future__ import annotations

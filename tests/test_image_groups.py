@@ -66,6 +66,11 @@ def test_each_kind_acts_as_the_oracle_and_as_a_group():
         assert group.output_permutations() is None
         assert ImageGroup.from_dict(group.to_dict()) == group
         assert isinstance(group, SymmetryGroup)
+    dihedral = ImageGroup("rot90") * ImageGroup("hflip")
+    assert isinstance(dihedral, SymmetryGroup) and dihedral.order == 8 and dihedral.elements[1] == (0, 1)
+    assert type(dihedral).from_dict(dihedral.to_dict()) == dihedral
+    for element in oracle_elements(["rot90", "hflip"]):
+        assert torch.equal(dihedral.canonicalize(element(x)), dihedral.canonicalize(x))
 
 
 def test_products_act_as_the_oracle_and_dihedral_is_closed():
