@@ -261,3 +261,28 @@ def test_clip_zero_shot_pipeline_save_load_and_loss(tmp_path):
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
     out.loss.backward()
     assert model.model.visual_projection.weight.grad.abs().sum() > 0
+
+
+def test_real_clip_example_runs_on_local_folders(tmp_path):
+    """examples/vision_clip_zero_shot.py (the real-CLIP command) on a saved tiny CLIP and an image folder."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import vision_clip_zero_shot
+
+    tiny_clip().save_pretrained(tmp_path / "clip")
+    caption_tokenizer().save_pretrained(tmp_path / "clip")
+    processor().save_pretrained(tmp_path / "clip")
+    torch.manual_seed(0)
+    for label in ("cat", "dog"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(3):
+            to_pil(torch.rand(3, 8, 8)).save(tmp_path / "images" / label / f"{i}.png")
+    table = vision_clip_zero_shot.main(["--model", str(tmp_path / "clip"), "--dataset", "imagefolder", "--data-dir",
+                                        str(tmp_path / "images"), "--split", "train", "--samples", "0"])
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in table.splitlines()[4:]}
+    assert set(rows) == {"plain", "equitune", "multi_equitune", "equizero", "multi_equizero"}
+    assert rows["equitune"][1] == "8.00" and rows["plain"][1] == "1.00"
+    for method in ("equitune", "multi_equitune", "equizero", "multi_equizero"):
+        assert rows[method][2] == rows[method][3]  # upright and moved accuracy agree: invariant
