@@ -199,8 +199,11 @@ def evaluate_methods(model, predict, counted, images, labels, moved, wrapped=MET
     return out
 
 
-def run_seed(seed: int, epochs: int, clip_epochs: int, fine_tune_epochs: int, log) -> dict:
+def run_seed(seed: int, epochs: int, clip_epochs: int, fine_tune_epochs: int, log, train_samples=None,
+             test_samples=None) -> dict:
     train_x, train_y, test_x, test_y = load()
+    train_x, train_y, test_x, test_y = train_x[:train_samples], train_y[:train_samples], test_x[:test_samples], \
+        test_y[:test_samples]
     moved = randomly_moved(test_x, seed)
     result = {}
 
@@ -271,7 +274,8 @@ def report(runs: list[dict], command: str, seconds: float) -> str:
         f"Made by `{command}` ({seconds / 60:.1f} min on 2 shared CPU cores, seeds "
         f"{', '.join(str(r['seed']) for r in runs)}).",
         "",
-        "scikit-learn's 1,797 8x8 digits, 2/3 train, 1/3 test (599 images, stratified, fixed split). Both models are",
+        f"scikit-learn's 1,797 8x8 digits, 2/3 train, 1/3 test ({len(labels[0])} test images, stratified, fixed "
+        "split). Both models are",
         "trained on upright digits only: a ViT (2 layers, width 64, patches 2x2) with `Trainer`, and a tiny CLIP",
         "(ViT image tower and text transformer of the same size) pretrained contrastively on images paired with the",
         "captions 'a photo of the digit 3', 'the digit 3', 'a handwritten 3', one image per digit in each batch of",
@@ -341,6 +345,8 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=20, help="classifier training epochs (Trainer)")
     parser.add_argument("--clip-epochs", type=int, default=10, help="CLIP contrastive pretraining epochs")
     parser.add_argument("--fine-tune-epochs", type=int, default=3)
+    parser.add_argument("--train-samples", type=int, help="use the first N training images (default: all)")
+    parser.add_argument("--test-samples", type=int, help="use the first N test images (default: all)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "results" / "vision.md"))
     args = parser.parse_args(argv)
     hf_logging.set_verbosity_error()
@@ -348,7 +354,8 @@ def main(argv=None):
     start = time.perf_counter()
     runs = []
     for seed in args.seeds:
-        run = run_seed(seed, args.epochs, args.clip_epochs, args.fine_tune_epochs, lambda s: print(s, flush=True))
+        run = run_seed(seed, args.epochs, args.clip_epochs, args.fine_tune_epochs, lambda s: print(s, flush=True),
+                       args.train_samples, args.test_samples)
         runs.append({"seed": seed, **run})
     command = "python examples/vision_digits.py" + (" " + shlex.join(argv if argv is not None else sys.argv[1:])
                                                      if (argv if argv is not None else sys.argv[1:]) else "")

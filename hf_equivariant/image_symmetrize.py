@@ -17,6 +17,7 @@ forms; for the equizero forms it is the argmin set of the proxy loss L(softmax(z
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -40,10 +41,7 @@ def check_method(method: str, average: str = "probs", loss: str = "entropy") -> 
 
 def count_copies(orders: list[int], method: str) -> int:
     """Copies per input: prod |Gi| for equitune and equizero, sum |Gi| for the multi forms (N >= 2)."""
-    product = 1
-    for order in orders:
-        product *= order
-    return product if not method.startswith("multi_") or len(orders) <= 1 else sum(orders)
+    return math.prod(orders) if not method.startswith("multi_") or len(orders) <= 1 else sum(orders)
 
 
 @dataclass(frozen=True)

@@ -286,3 +286,26 @@ def test_real_clip_example_runs_on_local_folders(tmp_path):
     assert rows["equitune"][1] == "8.00" and rows["plain"][1] == "1.00"
     for method in ("equitune", "multi_equitune", "equizero", "multi_equizero"):
         assert rows[method][2] == rows[method][3]  # upright and moved accuracy agree: invariant
+
+
+def test_digits_experiment_smoke_run(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import vision_digits
+
+    out = tmp_path / "vision.md"
+    vision_digits.main(["--seeds", "0", "1", "--epochs", "1", "--clip-epochs", "1", "--fine-tune-epochs", "1",
+                        "--train-samples", "60", "--test-samples", "24", "--out", str(out)])
+    text = out.read_text()
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.splitlines()
+            if line.startswith("| ") and "±" in line}
+    assert {"plain", "equitune", "multi_equitune", "equizero", "multi_equizero"} <= set(rows)
+    for section in text.split("## ")[1:3]:  # the classifier and CLIP tables: invariant methods agree upright/moved
+        for line in section.splitlines():
+            cells = line.split(" | ")
+            if len(cells) == 6 and cells[0].strip("| ") in ("equitune", "multi_equitune", "equizero", "multi_equizero"):
+                assert cells[3] == cells[4], line
+    assert "| equitune | 8 | 8.00 |" in text and "| multi_equitune | 6 | 5.00 |" in text
+    assert (tmp_path / "raw" / "vision.json").exists()
