@@ -77,7 +77,7 @@ def main() -> None:
 
     multi = models["multi_equitune+dedup"]
     copies = multi.transform_ids(ids, multi.word_occurrences(ids))
-    distinct = copies[multi.copy_rows(copies, 1).representatives]
+    distinct = copies[multi.assign_rows_and_reorder_cache(copies, 1).representatives]
     k_multi, k_full, k_distinct = models["multi_equitune"].num_copies, models["equitune"].num_copies, len(distinct)
     methods = {
         "plain": generate(base, ids),

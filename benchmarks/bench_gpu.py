@@ -83,7 +83,7 @@ def generation(base, models, ids, new_tokens: int, rounds: int, device) -> dict:
     options = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
     multi = models["multi_equitune+dedup"]
     copies = multi.transform_ids(ids)
-    distinct = copies[multi.copy_rows(copies, ids.shape[0]).representatives]
+    distinct = copies[multi.assign_rows_and_reorder_cache(copies, ids.shape[0]).representatives]
     inputs = {
         "plain": (base, ids),
         f"floor K={multi.num_copies}": (base, copies),

@@ -111,7 +111,7 @@ def demographic_generation(base, tokenizer, rounds: int, new_tokens: int) -> lis
             model = make_equivariant(base, groups, tokenizer, symmetrization)
             distinct = count_rows(model, lambda: model(**batch, use_cache=False))
             copies = model.transform_ids(batch["input_ids"])
-            rows = model.copy_rows(copies, len(prompts))
+            rows = model.assign_rows_and_reorder_cache(copies, len(prompts))
             floor_ids = copies[rows.representatives]
             floor_mask = batch["attention_mask"][rows.owners]
             row[f"{symmetrization} copies"] = model.num_copies * len(prompts)

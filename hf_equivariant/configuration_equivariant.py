@@ -8,7 +8,8 @@ from transformers.configuration_utils import SubConfigSpec
 
 from .boundaries import ACTIONS, decode_boundaries
 from .groups import TokenSwapGroup, resolve_groups
-from .symmetrize import AVERAGES, SYMMETRIZATIONS
+from .methods import DEFAULT_SYMMETRIZATION, get_symmetrization
+from .symmetrize import AVERAGES
 
 
 @strict
@@ -19,7 +20,9 @@ class EquivariantConfig(PreTrainedConfig):
         text_config: the inner (base) model's config, nested; any causal or seq2seq LM.
         groups: the factors, each a resolved `TokenSwapGroup.to_dict()` (words, token orbits,
             vocabulary size), so a saved model needs no tokenizer to rebuild its group.
-        symmetrization: "multi_equitune" (sum |Gi| inner passes) or "equitune" (prod |Gi|).
+        symmetrization: the name of a registered method (`methods.register_symmetrization`):
+            "multi_equitune" (sum |Gi| inner passes), "equitune" (prod |Gi|), ...
+        method_options: keyword arguments of the method's copy weights (equizero's `proxy_loss`, ...).
         average: what the copies' outputs average: "log_probs", "logits" or "probs".
         action: "word" (the group swaps whole words only, never the pieces of a longer word; see
             `boundaries`) or "token" (every occurrence of a support token). Configs saved before the word
@@ -39,7 +42,8 @@ class EquivariantConfig(PreTrainedConfig):
 
     text_config: PreTrainedConfig | dict | None = None
     groups: list | None = None
-    symmetrization: str = "multi_equitune"
+    symmetrization: str = DEFAULT_SYMMETRIZATION
+    method_options: dict | None = None
     average: str = "log_probs"
     action: str = "word"
     token_boundaries: dict | None = None
@@ -49,8 +53,7 @@ class EquivariantConfig(PreTrainedConfig):
     use_cache: bool = True
 
     def __post_init__(self, **kwargs):
-        if self.symmetrization not in SYMMETRIZATIONS:
-            raise ValueError(f"unknown symmetrization {self.symmetrization!r}, choose one of {SYMMETRIZATIONS}")
+        get_symmetrization(self.symmetrization)  # refuses an unknown name, listing the registered ones
         if self.average not in AVERAGES:
             raise ValueError(f"unknown average {self.average!r}, choose one of {AVERAGES}")
         if self.action not in ACTIONS:

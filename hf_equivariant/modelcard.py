@@ -11,7 +11,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .configuration_equivariant import EquivariantConfig
-from .symmetrize import count_copies
+from .methods import SYMMETRIZATIONS, get_symmetrization
 
 TEMPLATE = Path(__file__).parent / "model_cards" / "equivariant_model.md"
 GENERATED = "<!-- Written by hf-equivariant"  # opens a card that save_pretrained may rewrite whole
@@ -48,6 +48,7 @@ def equivariant_model_card(config: EquivariantConfig, tags: list[str] | None = N
         ),
     )
     architecture = config.text_config.model_type
+    method = get_symmetrization(config.symmetrization)
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE),
@@ -63,9 +64,10 @@ def equivariant_model_card(config: EquivariantConfig, tags: list[str] | None = N
         symmetrization=config.symmetrization,
         average=config.average,
         action=config.action,
-        num_copies=count_copies(orders, config.symmetrization),
-        equitune_copies=count_copies(orders, "equitune"),
-        multi_equitune_copies=count_copies(orders, "multi_equitune"),
+        method_description=method.description,
+        method_citation=method.citation,
+        num_copies=method.num_copies(orders),
+        method_copies={name: other.num_copies(orders) for name, other in SYMMETRIZATIONS.items()},
         auto_class="AutoModelForSeq2SeqLM" if seq2seq else "AutoModelForCausalLM",
         repo_id=repo_id or base_model and f"<user>/equivariant-{base_model.split('/')[-1]}" or "<user>/<repo>",
     )

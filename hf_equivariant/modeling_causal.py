@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, GenerationMixin
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils.deprecation import deprecate_kwarg
 
-from .modeling_equivariant import EquivariantPreTrainedModel, batch_rows
+from .modeling_equivariant import EquivariantPreTrainedModel
 
 
 class EquivariantModelForCausalLM(EquivariantPreTrainedModel, GenerationMixin):
@@ -52,37 +52,23 @@ class EquivariantModelForCausalLM(EquivariantPreTrainedModel, GenerationMixin):
         `preceding_token_ids` ([B]): the token before input_ids[:, 0] when `cache` holds the past (the word
         action needs it; generate() passes it).
         """
-        if input_ids is None or inputs_embeds is not None:
-            raise ValueError("the group acts on token ids: pass input_ids, not inputs_embeds")
-        kwargs.pop("return_dict", None)
-        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        self.refuse_embeddings(inputs_embeds=inputs_embeds)
+        if input_ids is None:
+            raise ValueError("pass input_ids")
         if torch.is_tensor(logits_to_keep) or logits_to_keep:
             kwargs["logits_to_keep"] = logits_to_keep
-        use_cache = self.resolve_use_cache(use_cache, labels)
-        self.check_preceding_token_ids(preceding_token_ids, cache)
-        occurrences = self.word_occurrences(input_ids, preceding_token_ids)
-        copies = self.transform_ids(input_ids, occurrences)
-        rows = self.copy_rows(copies, input_ids.shape[0], cache)
         per_row = dict(attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+        out = self.symmetrised_forward(input_ids, per_row, labels=labels, cache=cache, use_cache=use_cache,
+                                       preceding_token_ids=preceding_token_ids)
+        return CausalLMOutputWithPast(loss=out.loss, logits=out.logits, cache=out.inner.cache,
+                                      hidden_states=out.inner.get("hidden_states"),
+                                      attentions=out.inner.get("attentions"))
 
-        def run_inner(block):
-            return self.model(
-                input_ids=copies[rows.representatives[block]],
-                cache=cache,
-                use_cache=use_cache,
-                return_dict=True,
-                **batch_rows(per_row, rows.owners[block], input_ids.shape[0]),
-            )
+    def copy_inputs(self, copies, context):
+        return {"input_ids": copies}
 
-        logits, outputs = self.symmetrised_logits(run_inner, rows, use_cache or cache is not None, input_ids,
-                                                  occurrences, logits_to_keep)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(
-                logits, labels, vocab_size=logits.shape[-1], num_items_in_batch=num_items_in_batch
-            )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
-                                      hidden_states=outputs.get("hidden_states"), attentions=outputs.get("attentions"))
+    def symmetrised_loss(self, logits, labels, num_items_in_batch=None):
+        return self.loss_function(logits, labels, vocab_size=logits.shape[-1], num_items_in_batch=num_items_in_batch)
 
 
 class EquiGPT2LMHeadModel(EquivariantModelForCausalLM):

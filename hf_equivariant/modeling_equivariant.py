@@ -11,15 +11,19 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
+from dataclasses import dataclass
 
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 from transformers import initialization as init
+from transformers.utils import ModelOutput
 
 from . import boundaries
 from .configuration_equivariant import EquivariantConfig
 from .groups import resolve_groups
-from .symmetrize import CopyPlan, CopyRows, combine, expand_rows, plan_copies, support_lookup, transform_ids
+from .methods import DEFAULT_SYMMETRIZATION, CopyScores, branch_scale, get_symmetrization
+from .rows import CacheRows, CopyRows, expand_rows, holds_past
+from .symmetrize import CopyPlan, Pool, plan_copies, support_lookup, transform_ids
 
 HUB_KWARGS = (
     "cache_dir",
@@ -32,10 +36,10 @@ HUB_KWARGS = (
     "trust_remote_code",
     "gguf_file",
 )
-PLAN_BUFFERS = ("plan_support", "plan_lookup", "plan_input_maps", "plan_weights", "plan_mixing", "plan_before",
-                "plan_after")
+PLAN_BUFFERS = ("plan_support", "plan_lookup", "plan_input_maps", "plan_weights", "plan_mixing", "plan_branches",
+                "plan_before", "plan_after")
 FLOAT_PLAN_BUFFERS = ("plan_weights", "plan_mixing")  # float32 whatever the model's dtype
-# Per-layer outputs of the inner model, returned for one copy of each input row (see symmetrised_logits).
+# Per-layer outputs of the inner model, returned for one copy of each input row (see symmetrised_forward).
 LAYER_OUTPUTS = ("hidden_states", "attentions", "decoder_hidden_states", "decoder_attentions", "cross_attentions")
 UNBATCHED = frozenset({"cache_position", "logits_to_keep"})  # tensors over positions, whatever their length
 # The settings EquivariantConfig adds (symmetrization, average, deduplicate, ...): from_pretrained overrides.
@@ -43,15 +47,6 @@ UNBATCHED = frozenset({"cache_position", "logits_to_keep"})  # tensors over posi
 CONFIG_OPTIONS = tuple(name for name in EquivariantConfig.__annotations__
                        if name not in ("text_config", "groups", "action", "token_boundaries"))
 SPECIAL_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
-
-
-def holds_past(cache) -> bool:
-    """Whether `cache` already holds some of the sequence: attention layers count their tokens; a cache of
-    linear-attention (Mamba) layers only says whether it holds a state."""
-    try:
-        return cache.get_seq_length() > 0
-    except ValueError:
-        return cache.has_previous_state()
 
 
 def word_action(factors, tokenizer, vocab_size: int, action: str):
@@ -69,6 +64,17 @@ def word_action(factors, tokenizer, vocab_size: int, action: str):
     found = boundaries.token_boundaries(tokenizer, vocab_size)
     factors = boundaries.word_forms_only(factors, found, describe=lambda t: tokenizer.decode([t]))
     return factors, boundaries.encode_boundaries(found, vocab_size)
+
+
+@dataclass
+class Symmetrised:
+    """What `symmetrised_forward` gives a task: the symmetrised logits [B, ..., V], their loss (with labels),
+    and the last inner output, whose cache holds every copy row's past and whose per-layer outputs are
+    those of copy 0 of each input row."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None
+    inner: ModelOutput
 
 
 def batch_rows(value, index: torch.Tensor, batch_size: int):
@@ -112,6 +118,7 @@ class EquivariantPreTrainedModel(PreTrainedModel):
                 'classes do not pass the tokenizer on), or use action="token"'
             )
         super().__init__(config)
+        self.cache_rows = CacheRows()  # the copy rows of the KV caches this model fills
         if model is None:
             model = self.auto_model_class.from_config(config.text_config)
         else:
@@ -122,6 +129,9 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         config.text_config._attn_implementation = model.config._attn_implementation
         model.config = config.text_config
         self.model = model
+        method = get_symmetrization(config.symmetrization)
+        # the method's input-dependent copy weights (a module: its parameters, if any, are the wrapper's own)
+        self.copy_weights = method.weights(config, **(config.method_options or {})) if method.weights else None
         self._refuse_moved_special_tokens()
         device = model.get_input_embeddings().weight.device  # where input ids go (a GPU model's plan goes there too)
         for name, tensor in self._plan_tensors().items():
@@ -154,7 +164,7 @@ class EquivariantPreTrainedModel(PreTrainedModel):
             plan = plan_copies(self.config.factors, self.config.symmetrization)
             lookup = support_lookup(plan.support, vocab_size)
             before, after = boundaries.decode_boundaries(self.config.token_boundaries, vocab_size)
-        tensors = (plan.support, lookup, plan.input_maps, plan.weights, plan.mixing, before, after)
+        tensors = (plan.support, lookup, plan.input_maps, plan.weights, plan.mixing, plan.branches, before, after)
         return dict(zip(PLAN_BUFFERS, tensors))
 
     def _init_weights(self, module):
@@ -175,11 +185,12 @@ class EquivariantPreTrainedModel(PreTrainedModel):
 
     @property
     def plan(self) -> CopyPlan:
-        return CopyPlan(self.plan_support, self.plan_input_maps, self.plan_weights, self.plan_mixing)
+        return CopyPlan(self.plan_support, self.plan_input_maps, self.plan_weights, self.plan_mixing,
+                        self.plan_branches)
 
     @property
     def num_copies(self) -> int:
-        """Inner rows per input row: prod |Gi| (equitune) or sum |Gi| (multi_equitune)."""
+        """Inner rows per input row (the method's copies: prod |Gi| for equitune, sum |Gi| for multi_equitune)."""
         return self.plan_input_maps.shape[0]
 
     @property
@@ -224,29 +235,14 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         """[B, T] -> [K*B, T]: every copy of every row, copy-major; only `occurrences` are acted on if given."""
         return transform_ids(ids, self.plan_lookup, self.plan_input_maps, occurrences)
 
-    def copy_rows(self, keys: torch.Tensor, batch_size: int, cache=None) -> CopyRows:
-        """The inner rows that compute the K*B copy rows, whose histories `keys` ([K*B, L]) describe.
-
-        With `config.deduplicate`, copies with equal histories share an inner row. With a KV cache, a
-        copy's history is its cache row plus its new tokens: copies that shared a row and now receive
-        different tokens fork it (the cache is reordered, as in beam search), so the cache keeps one row
-        per distinct history. Compileable (static) caches keep all K*B rows.
+    def assign_rows_and_reorder_cache(self, keys: torch.Tensor, batch_size: int, cache=None) -> CopyRows:
+        """The inner rows that compute the K*B copy rows, whose new tokens `keys` ([K*B, L]) describe, and
+        `cache` reordered to hold their pasts (see `rows.CacheRows`). With `config.deduplicate`, copies with
+        equal histories share an inner row and a cache row; compileable (static) caches keep all K*B rows.
         """
-        every = CopyRows.every(self.num_copies, batch_size, keys.device)
         if not self.deduplicates(cache):
-            return every
-        past = getattr(cache, "copy_rows", None)
-        if past is None and cache is not None and holds_past(cache):
-            past = every  # a cache filled without deduplication
-        # Rows are shared within one input row only (combine() adds each inner row to one input row).
-        prefix = [every.owners[:, None]] + ([] if past is None else [past.inverse[:, None]])
-        rows = CopyRows.distinct(torch.cat([*prefix, keys], dim=1), batch_size)
-        if past is not None:
-            index = past.inverse[rows.representatives]
-            if index.shape[0] != past.num_rows or not torch.equal(index, torch.arange(past.num_rows,
-                                                                                      device=index.device)):
-                cache.reorder_cache(index)
-        return rows
+            return CopyRows.every(self.num_copies, batch_size, keys.device)
+        return self.cache_rows.assign_rows_and_reorder_cache(keys, self.num_copies, batch_size, cache)
 
     def deduplicates(self, cache=None) -> bool:
         """Whether copies share inner rows: `config.deduplicate`, except with compileable (static) caches."""
@@ -266,43 +262,105 @@ class EquivariantPreTrainedModel(PreTrainedModel):
             return [slice(0, num_rows)]
         return [slice(start, min(start + cap, num_rows)) for start in range(0, num_rows, cap)]
 
-    def symmetrised_logits(self, run_inner, rows: CopyRows, uses_cache: bool, ids=None, occurrences=None,
-                           logits_to_keep=0):
-        """Run `run_inner(block)` (the inner model on a block of inner rows) block by block and combine.
+    def copy_inputs(self, copies: torch.Tensor, context: torch.Tensor | None) -> dict:
+        """How some copy rows enter the inner model: their ids ([n, T]) and, where the task has one, their
+        `context` ([n, ...]; see `symmetrised_forward`). Each task subclass says it."""
+        raise NotImplementedError(f"{type(self).__name__} does not say how copies enter its inner model")
 
-        With the word action, `ids` ([B, T], the rows whose next-token scores these are) and their word
-        `occurrences` say which support columns are acted on at each position and where glued pieces are
-        masked; `logits_to_keep` (as in transformers) says which positions the inner logits cover.
-        Returns (symmetrised [B, ..., V] logits, the last inner output, whose cache now maps every copy row
-        and whose per-layer outputs (`LAYER_OUTPUTS`, when asked for) are those of copy 0 of each input row,
-        B rows). Copy 0 is the input itself for equitune and for one factor; for multi_equitune with several
-        factors it is the input with every factor but the first canonicalised (their words replaced by the
-        class-0 word of their orbit). Per-layer outputs are not symmetrised.
+    def symmetrised_loss(self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+        """The task's loss of the symmetrised logits. Each task subclass says it."""
+        raise NotImplementedError(f"{type(self).__name__} does not say how its loss is computed")
+
+    @staticmethod
+    def refuse_embeddings(**embeddings) -> None:
+        """The group acts on token ids: refuse embeddings given in their place."""
+        given = [name for name, value in embeddings.items() if value is not None]
+        if given:
+            raise ValueError(f"the group acts on token ids: pass ids, not {', '.join(given)}")
+
+    def symmetrised_forward(self, ids: torch.Tensor, per_row: dict, *, labels=None, cache=None, use_cache=None,
+                            preceding_token_ids=None, following_token_ids=None,
+                            context: torch.Tensor | None = None) -> Symmetrised:
+        """The forward pass of every task: transform -> distinct rows -> inner calls -> combine.
+
+        - `ids` [B, T]: the ids the group acts on and whose next-token scores are computed (the decoder's
+          for seq2seq); `labels`: their targets, for the loss.
+        - `per_row`: the inner model's other keyword arguments (masks, position ids, ...); tensors shaped
+          like the batch are taken at each inner row's input row (`batch_rows`).
+        - `context` [K*B, ...]: per copy row, what enters the inner model with its ids (the encoder output
+          of every copy), or None. A fresh history starts with it: copies share an inner row only where
+          their context rows are equal too.
+        - `preceding_token_ids` ([B]): the token before ids[:, 0] when `cache` holds the past (the word
+          action needs it); `following_token_ids` ([B]): the token known to follow the last one.
+
+        Copies run through the inner model one block of distinct rows at a time (`inner_blocks`); the
+        method's fixed weights combine each block as it comes. A method with input-dependent weights
+        (`methods.CopyWeights`) sees the log-probabilities of every distinct row (and their last hidden
+        state when it asks), and its weights, normalised per branch, scale the plan's.
+        Per-layer outputs (`LAYER_OUTPUTS`, when asked for) are those of copy 0 of each input row, B rows:
+        the input itself for equitune and for one factor; for multi_equitune with several factors the
+        input with every factor but the first canonicalised. They are not symmetrised.
         """
-        last, layers = {}, []
+        per_row = dict(per_row)
+        per_row.pop("return_dict", None)
+        num_items_in_batch = per_row.pop("num_items_in_batch", None)
+        logits_to_keep = per_row.get("logits_to_keep", 0)
+        use_cache = self.resolve_use_cache(use_cache, labels)
+        self.check_preceding_token_ids(preceding_token_ids, cache)
+        batch_size = ids.shape[0]
+        occurrences = self.word_occurrences(ids, preceding_token_ids, following_token_ids)
+        copies = self.transform_ids(ids, occurrences)
+        keys = copies
+        if context is not None and self.deduplicates(cache) and self.cache_rows.of(cache) is None:
+            context_rows = torch.unique(context.flatten(1), dim=0, return_inverse=True)[1]
+            keys = torch.cat([context_rows[:, None], copies], dim=1)
+        rows = self.assign_rows_and_reorder_cache(keys, batch_size, cache)
 
-        def logits(block):
-            output = last["output"] = run_inner(block)
-            layers.append({name: output[name] for name in LAYER_OUTPUTS if output.get(name) is not None})
-            return output.logits
+        kept = logits_to_keep if torch.is_tensor(logits_to_keep) else slice(-logits_to_keep or None, None)
+        weigh = self.copy_weights
+        if weigh is not None and weigh.uses_hidden_states:
+            per_row["output_hidden_states"] = True
+        pool = Pool(self.plan, rows, self.config.average) if weigh is None else None
+        held_logits, held_hidden, layers = [], [], []
+        for block in self.inner_blocks(rows.num_rows, use_cache or cache is not None):
+            inner_rows = rows.representatives[block]
+            inner = self.model(
+                **self.copy_inputs(copies[inner_rows], None if context is None else context[inner_rows]),
+                cache=cache,
+                use_cache=use_cache,
+                return_dict=True,
+                **batch_rows(per_row, rows.owners[block], batch_size),
+            )
+            layers.append({name: inner[name] for name in LAYER_OUTPUTS if inner.get(name) is not None})
+            if pool is not None:
+                pool.add(inner.logits)
+                continue
+            held_logits.append(inner.logits)
+            if weigh.uses_hidden_states:
+                last_hidden = inner.get("decoder_hidden_states") or inner.hidden_states
+                held_hidden.append(last_hidden[-1][:, kept])
+        if pool is None:
+            scores = CopyScores(torch.cat(held_logits).float().log_softmax(-1),
+                                torch.cat(held_hidden) if held_hidden else None, rows.inverse, self.plan_branches)
+            pool = Pool(self.plan, rows, self.config.average, branch_scale(weigh(scores), self.plan_branches))
+            for logits in held_logits:
+                pool.add(logits)
 
         acted = glued = None
         if occurrences is not None:
-            kept = logits_to_keep if torch.is_tensor(logits_to_keep) else slice(-logits_to_keep or None, None)
             ids, occurrences = ids[:, kept], occurrences[:, kept]  # only the positions whose scores are kept
             acted = boundaries.acted_columns(ids, self.plan_before, self.plan_after, self.plan_support)
             glued = boundaries.glue_positions(ids, occurrences, self.plan_lookup)
-        combined = combine(map(logits, self.inner_blocks(rows.num_rows, uses_cache)), self.plan, rows,
-                           self.config.average, acted)
+        logits = pool.result(acted)
         if glued is not None:
-            combined = boundaries.mask_glued(combined, glued, self.plan_before)
-        output = last["output"]
-        copy_zero = rows.inverse[: rows.batch_size]  # the inner row of copy 0 of each input row
+            logits = boundaries.mask_glued(logits, glued, self.plan_before)
+        copy_zero = rows.inverse[:batch_size]  # the inner row of copy 0 of each input row
         for name in layers[0]:
-            output[name] = tuple(torch.cat(layer)[copy_zero] for layer in zip(*(block[name] for block in layers)))
-        if output.cache is not None and self.deduplicates(output.cache):
-            output.cache.copy_rows = rows
-        return combined, output
+            inner[name] = tuple(torch.cat(layer)[copy_zero] for layer in zip(*(block[name] for block in layers)))
+        if inner.cache is not None:
+            self.cache_rows.record(inner.cache, rows if self.deduplicates(inner.cache) else None)
+        loss = None if labels is None else self.symmetrised_loss(logits, labels, num_items_in_batch)
+        return Symmetrised(logits, loss, inner)
 
     def prepare_inputs_for_generation(self, input_ids, **kwargs):
         """The inner model's own preparation of a decoding step, on the B input rows; `forward` maps them to copies.
@@ -326,12 +384,10 @@ class EquivariantPreTrainedModel(PreTrainedModel):
     def _reorder_cache(self, cache, beam_idx: torch.Tensor):
         """Beam search reorders B rows: the copy rows follow, and the cache keeps the rows still used."""
         index = expand_rows(beam_idx, self.num_copies, beam_idx.shape[0])
-        past = getattr(cache, "copy_rows", None) if self.deduplicates(cache) else None
-        if past is None:
+        if self.deduplicates(cache):
+            self.cache_rows.reorder_for_beams(cache, index)
+        else:
             cache.reorder_cache(index)
-            return cache
-        cache.copy_rows, kept = past.reorder(index)
-        cache.reorder_cache(kept)
         return cache
 
     def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
@@ -373,7 +429,7 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         model: PreTrainedModel,
         groups,
         tokenizer=None,
-        symmetrization: str = "multi_equitune",
+        symmetrization: str = DEFAULT_SYMMETRIZATION,
         average: str = "log_probs",
         action: str = "word",
         **options,

@@ -37,7 +37,7 @@ class CopiesEncoder(nn.Module):
                 return_dict=True):
         wrapper = self.wrapper
         copies = wrapper.transform_ids(input_ids, wrapper.word_occurrences(input_ids))
-        rows = wrapper.copy_rows(copies, input_ids.shape[0])
+        rows = wrapper.assign_rows_and_reorder_cache(copies, input_ids.shape[0])
         encoded = wrapper.model.get_encoder()(
             input_ids=copies[rows.representatives],
             attention_mask=batch_rows(attention_mask, rows.owners, input_ids.shape[0]),
@@ -94,10 +94,7 @@ class EquivariantModelForSeq2SeqLM(EquivariantPreTrainedModel, GenerationMixin):
         `preceding_token_ids` ([B]): the decoder token before decoder_input_ids[:, 0] when `cache` holds the
         past (the word action needs it; generate() passes it).
         """
-        if inputs_embeds is not None or decoder_inputs_embeds is not None:
-            raise ValueError("the group acts on token ids: pass input_ids and decoder_input_ids, not embeddings")
-        kwargs.pop("return_dict", None)
-        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        self.refuse_embeddings(inputs_embeds=inputs_embeds, decoder_inputs_embeds=decoder_inputs_embeds)
         if decoder_input_ids is None:
             if labels is None:
                 raise ValueError("pass decoder_input_ids or labels")
@@ -107,39 +104,23 @@ class EquivariantModelForSeq2SeqLM(EquivariantPreTrainedModel, GenerationMixin):
                 raise ValueError("pass input_ids (or encoder_outputs of every copy)")
             encoder_outputs = self.get_encoder()(input_ids, attention_mask, kwargs.get("output_attentions"),
                                                  kwargs.get("output_hidden_states"))
-        hidden = encoder_outputs[0]  # [K*B, S, H]
-        use_cache = self.resolve_use_cache(use_cache, labels)
-        self.check_preceding_token_ids(preceding_token_ids, cache)
-        following = None if labels is None else labels[:, -1]  # the label after the last decoder input
-        occurrences = self.word_occurrences(decoder_input_ids, preceding_token_ids, following)
-        decoder_copies = self.transform_ids(decoder_input_ids, occurrences)
-        keys = decoder_copies
-        if self.deduplicates(cache) and getattr(cache, "copy_rows", None) is None:
-            # a fresh history starts with the encoder output: equal encoder copies are equal rows of it
-            encoded_as = torch.unique(hidden.flatten(1), dim=0, return_inverse=True)[1]
-            keys = torch.cat([encoded_as[:, None], decoder_copies], dim=1)
-        rows = self.copy_rows(keys, decoder_input_ids.shape[0], cache)
-        per_row = dict(attention_mask=attention_mask, decoder_attention_mask=decoder_attention_mask, **kwargs)
-
-        def run_inner(block):
-            inner_rows = rows.representatives[block]
-            return self.model(
-                encoder_outputs=BaseModelOutput(last_hidden_state=hidden[inner_rows]),
-                decoder_input_ids=decoder_copies[inner_rows],
-                cache=cache,
-                use_cache=use_cache,
-                return_dict=True,
-                **batch_rows(per_row, rows.owners[block], decoder_input_ids.shape[0]),
-            )
-
-        logits, outputs = self.symmetrised_logits(run_inner, rows, use_cache or cache is not None, decoder_input_ids,
-                                                  occurrences, kwargs.get("logits_to_keep", 0))
-        loss = None
-        if labels is not None:
-            loss = fixed_cross_entropy(logits.flatten(0, 1), labels.flatten().to(logits.device), num_items_in_batch)
+        out = self.symmetrised_forward(
+            decoder_input_ids,
+            dict(attention_mask=attention_mask, decoder_attention_mask=decoder_attention_mask, **kwargs),
+            labels=labels, cache=cache, use_cache=use_cache, preceding_token_ids=preceding_token_ids,
+            following_token_ids=None if labels is None else labels[:, -1],  # the label after the last decoder input
+            context=encoder_outputs[0],  # [K*B, S, H]
+        )
         return Seq2SeqLMOutput(
-            loss=loss, logits=logits, cache=outputs.cache, decoder_hidden_states=outputs.get("decoder_hidden_states"),
-            decoder_attentions=outputs.get("decoder_attentions"), cross_attentions=outputs.get("cross_attentions"),
+            loss=out.loss, logits=out.logits, cache=out.inner.cache,
+            decoder_hidden_states=out.inner.get("decoder_hidden_states"),
+            decoder_attentions=out.inner.get("decoder_attentions"), cross_attentions=out.inner.get("cross_attentions"),
             encoder_hidden_states=getattr(encoder_outputs, "hidden_states", None),
             encoder_attentions=getattr(encoder_outputs, "attentions", None),
         )
+
+    def copy_inputs(self, copies, context):
+        return {"decoder_input_ids": copies, "encoder_outputs": BaseModelOutput(last_hidden_state=context)}
+
+    def symmetrised_loss(self, logits, labels, num_items_in_batch=None):
+        return fixed_cross_entropy(logits.flatten(0, 1), labels.flatten().to(logits.device), num_items_in_batch)

@@ -26,6 +26,7 @@ from transformers import (
 
 from . import presets
 from .data.scan import load_scan, load_scan_ii, scan_tokenizer
+from .methods import SYMMETRIZATIONS
 from .wrap import make_equivariant
 
 MAX_ACTIONS = 49  # the longest SCAN action sequence (48) plus </s>
@@ -49,6 +50,7 @@ class ScanExperiment:
     d_model: int = 128
     progress: bool = True
     num_layers: int = 3
+    symmetrizations: tuple[str, ...] | None = None  # registered method names to compare; None for all of them
 
 
 def load_splits(split: str, seed: int = 0):
@@ -136,7 +138,7 @@ def run_seed(config: ScanExperiment, seed: int) -> list[dict]:
         trainer.train()
         evaluate("pretrained", base, trainer, time.perf_counter() - start)
         pretrained_state = {k: v.clone() for k, v in base.state_dict().items()}
-        for symmetrization in ("equitune", "multi_equitune"):
+        for symmetrization in config.symmetrizations or tuple(SYMMETRIZATIONS):
             base.load_state_dict(pretrained_state)
             model = make_equivariant(base, groups, tokenizer, symmetrization=symmetrization)
             trainer = trainer_for(model, tokenizer, train, config.finetune_epochs, config.finetune_learning_rate,

@@ -1,7 +1,9 @@
 """Symmetrisation of a model over a product of word-swap groups, as pure tensor functions.
 
 A *plan* lists the K copies of an input that go through the inner model M, and how their outputs
-z_k (log-probabilities, logits or probabilities over the vocabulary) combine into one output:
+z_k (log-probabilities, logits or probabilities over the vocabulary) combine into one output; it is a
+registered method's `methods.ElementPlan` (copies and terms as group elements) realised on token ids.
+For example
 
   equitune        K = prod |Gi|:  y = 1/|G| sum_g  g^-1 . M(g . x)
   multi_equitune  K = sum |Gi|:   y = 1/N sum_i Sym_{-i}( 1/|Gi| sum_{g in Gi} g^-1 . M(g . c_{-i}(x)) )
@@ -17,41 +19,40 @@ the copies; on the support it is a small [u x u] mixing per copy. So
 
 from __future__ import annotations
 
-import itertools
-import math
 from dataclasses import dataclass
 
 import torch
 
 from .groups import TokenSwapGroup
+from .methods import get_symmetrization
+from .rows import CopyRows
 
-SYMMETRIZATIONS = ("equitune", "multi_equitune")
 AVERAGES = ("log_probs", "logits", "probs")
 
 
 @dataclass(frozen=True)
 class CopyPlan:
-    """The copies of an input and how their outputs combine (see the module docstring)."""
+    """The copies of an input and how their outputs combine (see the module docstring): a method's
+    `ElementPlan` realised on token ids."""
 
     support: torch.Tensor  # [u] long, the token ids moved by some factor
     input_maps: torch.Tensor  # [K, u] long, the token that support[j] becomes in copy k
     weights: torch.Tensor  # [K] float, weight of copy k on columns off the support
     mixing: torch.Tensor  # [K, u, u] float
+    branches: torch.Tensor  # [K] long, the plan's branches (see `methods`)
 
     @property
     def num_copies(self) -> int:
         return self.input_maps.shape[0]
 
 
-def count_copies(orders: list[int], symmetrization: str) -> int:
-    """Inner passes per input row: prod |Gi| for equitune, sum |Gi| for multi_equitune (equal for one factor)."""
-    return math.prod(orders) if symmetrization == "equitune" or len(orders) <= 1 else sum(orders)
-
-
 def plan_copies(factors: list[TokenSwapGroup], symmetrization: str = "multi_equitune") -> CopyPlan:
-    """Build the copy plan of a product of commuting factors."""
-    if symmetrization not in SYMMETRIZATIONS:
-        raise ValueError(f"unknown symmetrization {symmetrization!r}, choose one of {SYMMETRIZATIONS}")
+    """The copy plan of the registered method `symmetrization` over a product of commuting factors.
+
+    Element e of factor i is its permutation table e; canonicalising factor i maps every class's word to
+    the class-0 word of its orbit. The factors move disjoint tokens, so their maps compose in any order.
+    """
+    elements = get_symmetrization(symmetrization).plan([f.order for f in factors])
     support = sorted(t for f in factors for t in f.support)
     local = {t: j for j, t in enumerate(support)}
     u = len(support)
@@ -60,39 +61,27 @@ def plan_copies(factors: list[TokenSwapGroup], symmetrization: str = "multi_equi
     def local_tables(table: torch.Tensor) -> torch.Tensor:  # a [..., V] token map restricted to the support
         return torch.tensor([local[t] for t in table[..., support].flatten().tolist()]).view(*table.shape[:-1], u)
 
-    perms = [local_tables(f.permutation_tables()) for f in factors]  # [|Gi|, u] each
-    canons = [local_tables(f.canonicalizer()) for f in factors]  # [u] each
+    # per factor, its elements' maps on the support, then (row CANONICAL = -1) its canonicaliser
+    tables = [torch.cat([local_tables(f.permutation_tables()), local_tables(f.canonicalizer())[None]])
+              for f in factors]
 
-    def compose(maps) -> torch.Tensor:  # maps act on disjoint parts of the support, so order is irrelevant
-        out = identity
-        for m in maps:
-            out = m[out]
+    def maps(chosen: torch.Tensor) -> torch.Tensor:  # [M, N] elements -> [M, u] local maps
+        out = identity.expand(chosen.shape[0], u)
+        for i, table in enumerate(tables):
+            out = torch.gather(table[chosen[:, i]], 1, out)
         return out
 
-    copies = []  # (input map, [(weight, read map)]): y[v] += weight * z_copy[read(v)]
-    if symmetrization == "equitune" or len(factors) <= 1:
-        elements = [compose(g) for g in itertools.product(*perms)]
-        copies = [(g, [(1.0 / len(elements), g)]) for g in elements]
-    else:
-        for i, own in enumerate(perms):
-            others = [p for j, p in enumerate(perms) if j != i]
-            canonical = compose(c for j, c in enumerate(canons) if j != i)
-            symmetrisers = [compose(h) for h in itertools.product(*others)]
-            weight = 1.0 / (len(factors) * len(own) * len(symmetrisers))
-            for g in own:
-                copies.append((g[canonical], [(weight, g[h]) for h in symmetrisers]))
-
-    mixing = torch.zeros(len(copies), u, u, dtype=torch.float64)
-    for k, (_, reads) in enumerate(copies):
-        for weight, read in reads:
-            mixing[k, read, identity] += weight
-    weights = torch.tensor([sum(w for w, _ in reads) for _, reads in copies], dtype=torch.float64)
+    reads = maps(elements.term_elements)  # [R, u]: term t adds weight * z_k[read(j)] to column j
+    mixing = torch.zeros(elements.num_copies, u, u, dtype=torch.float64)
+    mixing.index_put_((elements.term_copies[:, None].expand_as(reads), reads, identity.expand_as(reads)),
+                      elements.term_weights[:, None].expand_as(reads).clone(), accumulate=True)
     support_ids = torch.tensor(support, dtype=torch.long)
     return CopyPlan(
         support=support_ids,
-        input_maps=support_ids[torch.stack([m for m, _ in copies])],
-        weights=weights.float(),
+        input_maps=support_ids[maps(elements.inputs)],
+        weights=elements.copy_weights.float(),
         mixing=mixing.float(),
+        branches=elements.branches,
     )
 
 
@@ -115,58 +104,67 @@ def transform_ids(ids: torch.Tensor, lookup: torch.Tensor, input_maps: torch.Ten
     return torch.where(moved, mapped, ids).flatten(0, 1)
 
 
-@dataclass(frozen=True)
-class CopyRows:
-    """Which inner row computes each copy row: copy row r = k*B + b is computed by inner row inverse[r].
+class Pool:
+    """The running combination of the inner rows' outputs, fed in consecutive blocks (see `combine`).
 
-    Copies of one input row that are equal token for token (a prompt without any word of a factor gives
-    |Gi| equal copies in that factor's branch) share an inner row; `representatives[u]` is a copy row that
-    inner row u computes, `owners` the input row it belongs to.
+    `scale` ([K, B, ...] over the scored positions, or None): input-dependent factors on the plan's copy
+    weights (`methods.branch_scale` of a method's `CopyWeights`); a copy with factor 0 is left out, so
+    that its scores (even -inf) never reach the result.
     """
 
-    inverse: torch.Tensor  # [K*B] long
-    representatives: torch.Tensor  # [U] long
-    batch_size: int
+    def __init__(self, plan: CopyPlan, rows: CopyRows, average: str = "log_probs",
+                 scale: torch.Tensor | None = None):
+        if average not in AVERAGES:
+            raise ValueError(f"unknown average {average!r}, choose one of {AVERAGES}")
+        self.plan, self.rows, self.average, self.scale = plan, rows, average, scale
+        device = rows.inverse.device
+        copy_weights = plan.weights.repeat_interleave(rows.batch_size).to(device)  # [K*B]
+        if scale is not None:
+            copy_weights = copy_weights.view(-1, *[1] * (scale.dim() - 2)) * scale.flatten(0, 1)
+        self.row_weights = torch.zeros(rows.num_rows, *copy_weights.shape[1:], device=device).index_add_(
+            0, rows.inverse, copy_weights)  # [U] or [U, ...]: the weight of each inner row on columns off the support
+        self.y, self.on_support, self.start = None, [], 0
 
-    @property
-    def owners(self) -> torch.Tensor:
-        return self.representatives % self.batch_size
+    def add(self, block: torch.Tensor) -> None:
+        """The inner logits [n, ..., V] of the next n inner rows."""
+        z = block.float()
+        if self.average == "log_probs":
+            z = z.log_softmax(-1)
+        elif self.average == "probs":
+            z = z.double().softmax(-1)  # float64: tiny probabilities do not underflow before the log
+        end = self.start + z.shape[0]
+        weights = self.row_weights[self.start:end]
+        weights = weights.view(*weights.shape, *[1] * (z.dim() - weights.dim()))
+        weighted = z * weights
+        if self.scale is not None:
+            weighted = weighted.masked_fill(weights == 0, 0)  # a left-out row's -inf: 0 * -inf would be NaN
+        if self.y is None:
+            self.y = z.new_zeros(self.rows.batch_size, *z.shape[1:])
+        self.y = self.y.index_add(0, self.rows.owners[self.start:end], weighted)
+        self.on_support.append(z[..., self.plan.support])
+        self.start = end
 
-    @property
-    def num_rows(self) -> int:
-        return self.representatives.shape[0]
-
-    @classmethod
-    def every(cls, num_copies: int, batch_size: int, device=None) -> CopyRows:
-        """One inner row per copy row (no deduplication)."""
-        rows = torch.arange(num_copies * batch_size, device=device)
-        return cls(rows, rows, batch_size)
-
-    @classmethod
-    def distinct(cls, keys: torch.Tensor, batch_size: int) -> CopyRows:
-        """One inner row per distinct key row ([K*B, L] long). For `combine`, the keys must tell input rows
-        apart (an inner row may serve one input row only)."""
-        _, inverse = torch.unique(keys, dim=0, return_inverse=True)
-        rows = torch.arange(keys.shape[0], device=keys.device)
-        first = torch.full((int(inverse.max()) + 1,), keys.shape[0], device=keys.device)
-        return cls(inverse, first.scatter_reduce(0, inverse, rows, "amin"), batch_size)
-
-    def reorder(self, index: torch.Tensor) -> tuple[CopyRows, torch.Tensor]:
-        """After copy row r takes the history of copy row index[r] (beam search): the new rows, and the
-        old inner rows they keep, in order. Beams may now share rows: these rows describe a KV cache
-        (the past of the next step), not outputs to combine."""
-        kept, inverse = torch.unique(self.inverse[index], return_inverse=True)
-        return CopyRows.distinct(inverse[:, None], self.batch_size), kept
-
-
-def expand_rows(index: torch.Tensor, num_copies: int, batch_size: int) -> torch.Tensor:
-    """Map a row index over B rows (e.g. beam reordering) to the same index over all K*B copy rows."""
-    offsets = torch.arange(num_copies, device=index.device) * batch_size
-    return (offsets[:, None] + index[None, :]).flatten()
+    def result(self, acted: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, ..., V] symmetrised scores, once every inner row was added (`acted`: see `combine`)."""
+        plan, rows, y = self.plan, self.rows, self.y
+        z_support = torch.cat(self.on_support)[rows.inverse].unflatten(0, (plan.num_copies, rows.batch_size))
+        mixing = plan.mixing.to(y.dtype)
+        minus_infinity = torch.isneginf(z_support)
+        z_support = z_support.masked_fill(minus_infinity, 0)
+        if self.scale is not None:
+            z_support = z_support * self.scale[..., None].to(y.dtype)
+            minus_infinity = minus_infinity & (self.scale[..., None] > 0)
+        mixed = torch.einsum("k...j,kjw->...w", z_support, mixing)
+        reads_minus_infinity = torch.einsum("k...j,kjw->...w", minus_infinity.to(y.dtype), (mixing != 0).to(y.dtype))
+        mixed = mixed.masked_fill(reads_minus_infinity > 0, float("-inf"))
+        if acted is not None:
+            mixed = torch.where(acted, mixed, y[..., plan.support])
+        y = y.index_copy(-1, plan.support, mixed)
+        return y.log().float() if self.average == "probs" else y
 
 
 def combine(outputs, plan: CopyPlan, rows: CopyRows, average: str = "log_probs",
-            acted: torch.Tensor | None = None) -> torch.Tensor:
+            acted: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> torch.Tensor:
     """Inner logits of the distinct rows -> [B, ..., V] symmetrised logits.
 
     `outputs` is the [U, ..., V] tensor of the inner rows of `rows`, or an iterable of consecutive
@@ -175,34 +173,10 @@ def combine(outputs, plan: CopyPlan, rows: CopyRows, average: str = "log_probs",
     log, so that softmax gives the averaged distribution). `acted` ([B, ..., u] bool) says on which
     support columns the group acts at each position; the others are fixed columns, combined like the
     columns off the support (the word action of `boundaries`). A score of -inf in a copy that a column
-    reads gives -inf there (the mixing's zero weights never meet it: 0 * -inf would be NaN).
+    reads gives -inf there (the mixing's zero weights never meet it: 0 * -inf would be NaN). `scale`:
+    input-dependent factors on the copy weights (see `Pool`).
     """
-    if average not in AVERAGES:
-        raise ValueError(f"unknown average {average!r}, choose one of {AVERAGES}")
-    blocks = [outputs] if isinstance(outputs, torch.Tensor) else outputs
-    weights = torch.zeros(rows.num_rows, device=rows.inverse.device).index_add_(
-        0, rows.inverse, plan.weights.repeat_interleave(rows.batch_size).to(rows.inverse.device))
-    y, on_support, start = None, [], 0
-    for block in blocks:
-        z = block.float()
-        if average == "log_probs":
-            z = z.log_softmax(-1)
-        elif average == "probs":
-            z = z.double().softmax(-1)  # float64: tiny probabilities do not underflow before the log
-        end = start + z.shape[0]
-        weighted = z * weights[start:end].view(-1, *[1] * (z.dim() - 1))
-        if y is None:
-            y = z.new_zeros(rows.batch_size, *z.shape[1:])
-        y = y.index_add(0, rows.owners[start:end], weighted)
-        on_support.append(z[..., plan.support])
-        start = end
-    z_support = torch.cat(on_support)[rows.inverse].unflatten(0, (plan.num_copies, rows.batch_size))
-    mixing = plan.mixing.to(y.dtype)
-    minus_infinity = torch.isneginf(z_support)
-    mixed = torch.einsum("k...j,kjw->...w", z_support.masked_fill(minus_infinity, 0), mixing)
-    reads_minus_infinity = torch.einsum("k...j,kjw->...w", minus_infinity.to(y.dtype), (mixing != 0).to(y.dtype))
-    mixed = mixed.masked_fill(reads_minus_infinity > 0, float("-inf"))
-    if acted is not None:
-        mixed = torch.where(acted, mixed, y[..., plan.support])
-    y = y.index_copy(-1, plan.support, mixed)
-    return y.log().float() if average == "probs" else y
+    pool = Pool(plan, rows, average, scale)
+    for block in [outputs] if isinstance(outputs, torch.Tensor) else outputs:
+        pool.add(block)
+    return pool.result(acted)

@@ -13,6 +13,7 @@ from transformers import (
 
 from .configuration_equivariant import EquivariantConfig
 from .configuration_vision import EquivariantVisionConfig
+from .methods import DEFAULT_SYMMETRIZATION
 from .modeling_causal import EquivariantModelForCausalLM
 from .modeling_seq2seq import EquivariantModelForSeq2SeqLM
 from .modeling_vision import EquivariantCLIPModel, EquivariantModelForImageClassification
@@ -22,7 +23,7 @@ def make_equivariant(
     model: PreTrainedModel,
     groups,
     tokenizer=None,
-    symmetrization: str = "multi_equitune",
+    symmetrization: str = DEFAULT_SYMMETRIZATION,
     average: str | None = None,
     action: str = "word",
 ):
@@ -35,7 +36,7 @@ def make_equivariant(
     `groups` are `WordSwapGroup`s (resolved with `tokenizer`) or already resolved `TokenSwapGroup`s.
     `action="word"` swaps whole words only (the tokenizer says where words begin and end),
     `action="token"` every occurrence of a group token. The wrapper shares the model's weights and leaves
-    them untouched.
+    them untouched. `symmetrization` names a registered method (`methods.register_symmetrization`).
     """
     if hasattr(model, "get_image_features") and hasattr(model, "get_text_features"):
         return EquivariantCLIPModel.from_base_model(model, groups, symmetrization, average or "probs")

@@ -205,7 +205,7 @@ def test_cache_holds_the_copies_and_continues_generation(base_model, tokenizer, 
     out = model.generate(**batch, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
     rows = out.cache.layers[0].keys.shape[0]
     if deduplicate:  # one row per distinct history
-        assert rows == out.cache.copy_rows.num_rows < model.num_copies * len(PROMPTS)
+        assert rows == model.cache_rows.of(out.cache).num_rows < model.num_copies * len(PROMPTS)
     else:
         assert rows == model.num_copies * len(PROMPTS)
     one_shot = model.generate(**batch, max_new_tokens=10, do_sample=False)

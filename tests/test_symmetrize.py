@@ -7,7 +7,9 @@ import torch
 from conftest import GENDER_CLASSES, ORIENTATION_CLASSES, RACE_CLASSES, all_elements, element_permutation
 
 from hf_equivariant import TokenSwapGroup, WordSwapGroup
-from hf_equivariant.symmetrize import CopyRows, combine, count_copies, plan_copies, support_lookup, transform_ids
+from hf_equivariant.methods import count_copies
+from hf_equivariant.rows import CopyRows
+from hf_equivariant.symmetrize import combine, plan_copies, support_lookup, transform_ids
 
 CLASS_LISTS = [GENDER_CLASSES, RACE_CLASSES, ORIENTATION_CLASSES]
 

@@ -1,0 +1,205 @@
+"""Symmetrisation methods: a registry, like peft's `register_peft_method`.
+
+A method says, whatever the group acts on (token ids here; images elsewhere), for a product of N factors
+of orders |G1|, ..., |GN|:
+
+- its **copy plan** (`ElementPlan`): the K copies of an input that go through the inner model M, each the
+  input acted on by one element per factor (or canonicalised in some factors), and the terms of the output
+  y = sum_t w_t * h_t^-1 . M(copy_{k_t}), where h_t^-1 . acts on an output (permutes the vocabulary of a
+  language model; nothing for an invariant output). The plan depends on the orders only.
+- its **copy weights**: `None` for the plan's fixed weights, or a module (`CopyWeights`) that turns the
+  copies' log-probabilities (and, when it asks, the inner model's last hidden states) into input-dependent
+  weights per copy, row and position. These are normalised within each *branch* of copies (all copies for
+  a full-product method; the copies of one factor for a multi-group one): copy k of branch b gets the
+  plan's weight scaled by |b| * a_k / sum_{j in b} a_j. With a_k = 1 that is the plan itself.
+  equizero: a_k = 1 on the argmin set of a proxy loss; lambda-equitune: a_k = lambda(hidden state of copy k).
+- its citation for the model card, and whether it has trainable parameters.
+
+`symmetrization="..."` everywhere (config, `make_equivariant`, `from_base_model`, the command line, the
+model card) is looked up here with `get_symmetrization`; `register_symmetrization` adds a method.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+CANONICAL = -1  # in ElementPlan.inputs: the copy canonicalises that factor instead of acting on it
+
+
+@dataclass(frozen=True)
+class ElementPlan:
+    """Copies of an input as group elements, independent of what the group acts on.
+
+    Element e of factor i is an index in 0..|Gi|-1 (0 the identity).
+    - `inputs` [K, N] long: copy k is the input acted on by element inputs[k, i] of each factor i, or
+      canonicalised in factor i where inputs[k, i] == CANONICAL (its orbit-invariant representative).
+    - `branches` [K] long: input-dependent weights are normalised within each branch.
+    - output y = sum_t term_weights[t] * (term_elements[t])^-1 . z_{term_copies[t]}, z_k = M(copy k);
+      `term_copies` [R] long, `term_elements` [R, N] long, `term_weights` [R] float64 (summing to one).
+    """
+
+    inputs: torch.Tensor
+    branches: torch.Tensor
+    term_copies: torch.Tensor
+    term_elements: torch.Tensor
+    term_weights: torch.Tensor
+
+    @property
+    def num_copies(self) -> int:
+        return self.inputs.shape[0]
+
+    @property
+    def copy_weights(self) -> torch.Tensor:
+        """[K] float64: the total weight of each copy's terms."""
+        return torch.zeros(self.num_copies, dtype=torch.float64).index_add_(0, self.term_copies, self.term_weights)
+
+
+def _plan(copies: list[tuple[tuple[int, ...], int, list[tuple[float, tuple[int, ...]]]]]) -> ElementPlan:
+    """An ElementPlan from (input elements, branch, [(weight, read elements)]) per copy."""
+    terms = [(k, weight, read) for k, (_, _, reads) in enumerate(copies) for weight, read in reads]
+    return ElementPlan(
+        inputs=torch.tensor([inputs for inputs, _, _ in copies], dtype=torch.long),
+        branches=torch.tensor([branch for _, branch, _ in copies], dtype=torch.long),
+        term_copies=torch.tensor([k for k, _, _ in terms], dtype=torch.long),
+        term_elements=torch.tensor([read for _, _, read in terms], dtype=torch.long),
+        term_weights=torch.tensor([weight for _, weight, _ in terms], dtype=torch.float64),
+    )
+
+
+def full_product_plan(orders: Sequence[int]) -> ElementPlan:
+    """prod |Gi| copies, one per element g of the product: y = 1/|G| sum_g g^-1 . M(g . x)."""
+    elements = list(itertools.product(*(range(n) for n in orders)))
+    return _plan([(g, 0, [(1.0 / len(elements), g)]) for g in elements])
+
+
+def per_factor_plan(orders: Sequence[int]) -> ElementPlan:
+    """sum |Gi| copies (the multi-group design; the full product for one factor):
+    y = 1/N sum_i Sym_{-i}( 1/|Gi| sum_{g in Gi} g^-1 . M(g . c_{-i}(x)) ),
+    where c_{-i} canonicalises every factor but i and Sym_{-i}(y) = mean over h in G_{-i} of h . y
+    (so copy g of branch i has the terms g h for every h in G_{-i}, in the product's order)."""
+    if len(orders) <= 1:
+        return full_product_plan(orders)
+    copies = []
+    for i, order in enumerate(orders):
+        others = [range(n) for j, n in enumerate(orders) if j != i]
+        symmetrisers = list(itertools.product(*others))
+        weight = 1.0 / (len(orders) * order * len(symmetrisers))
+        for g in range(order):
+            inputs = tuple(g if j == i else CANONICAL for j in range(len(orders)))
+            reads = [(weight, h[:i] + (g,) + h[i:]) for h in symmetrisers]
+            copies.append((inputs, i, reads))
+    return _plan(copies)
+
+
+@dataclass(frozen=True)
+class CopyScores:
+    """What input-dependent copy weights see: the inner model's distinct rows and how copies map onto them.
+
+    - `log_probs` [U, ..., V] float32: log-probabilities of the distinct inner rows, at the positions scored.
+    - `hidden_states` [U, ..., H]: the inner model's last hidden state there (None unless asked for).
+    - `inverse` [K*B] long: copy row k*B + b (copy k of input row b) is inner row inverse[k*B + b].
+    - `branches` [K] long: the plan's branches.
+    """
+
+    log_probs: torch.Tensor
+    hidden_states: torch.Tensor | None
+    inverse: torch.Tensor
+    branches: torch.Tensor
+
+    @property
+    def num_copies(self) -> int:
+        return self.branches.shape[0]
+
+    def per_copy(self, values: torch.Tensor) -> torch.Tensor:
+        """[U, ...] per inner row -> [K, B, ...] per copy."""
+        return values[self.inverse].unflatten(0, (self.num_copies, -1))
+
+
+class CopyWeights(nn.Module):
+    """Input-dependent copy weights: forward(CopyScores) -> [K, B, ...] weights >= 0 (see the module docstring).
+
+    They must be a function of the copy's own outputs (or be equal across a branch's copies), so that acting
+    on the input permutes them with the copies: that keeps the method exactly equivariant.
+    """
+
+    uses_hidden_states = False
+
+    def forward(self, scores: CopyScores) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def branch_scale(weights: torch.Tensor, branches: torch.Tensor) -> torch.Tensor:
+    """[K, B, ...] weights a_k >= 0 -> factors on the plan's copy weights: |b| * a_k / sum_{j in b} a_j for the
+    branch b of copy k (1 where the weights are equal across the branch)."""
+    column = branches.view(-1, *[1] * (weights.dim() - 1))
+    num_branches = int(branches.max()) + 1
+    totals = weights.new_zeros(num_branches, *weights.shape[1:]).scatter_add_(0, column.expand_as(weights), weights)
+    sizes = torch.bincount(branches, minlength=num_branches).to(weights.dtype)
+    return weights * sizes[column] / totals[branches]
+
+
+@dataclass(frozen=True)
+class SymmetrizationMethod:
+    """A symmetrisation method (see the module docstring).
+
+    - `plan(orders)`: its copy plan.
+    - `weights(config, **options)`: its input-dependent copy weights, a `CopyWeights` module built from the
+      wrapper's `EquivariantConfig` (the inner model's sizes are in `config.text_config`) and
+      `config.method_options`; or None for the plan's fixed weights.
+    - `citation`: the paper, as the model card cites it; `description`: one line for the card.
+    - `trainable`: whether its weights module has parameters to train.
+    """
+
+    name: str
+    plan: Callable[[Sequence[int]], ElementPlan]
+    citation: str
+    description: str
+    weights: Callable[..., CopyWeights] | None = None
+    trainable: bool = False
+
+    def num_copies(self, orders: Sequence[int]) -> int:
+        """Inner passes per input row."""
+        return self.plan(orders).num_copies
+
+
+SYMMETRIZATIONS: dict[str, SymmetrizationMethod] = {}
+DEFAULT_SYMMETRIZATION = "multi_equitune"
+
+
+def register_symmetrization(method: SymmetrizationMethod, exist_ok: bool = False) -> SymmetrizationMethod:
+    """Make `symmetrization=method.name` available everywhere."""
+    if method.name in SYMMETRIZATIONS and not exist_ok:
+        raise ValueError(f"a symmetrization named {method.name!r} is already registered (pass exist_ok=True)")
+    SYMMETRIZATIONS[method.name] = method
+    return method
+
+
+def get_symmetrization(name: str) -> SymmetrizationMethod:
+    """The registered method `name`; an unknown name lists the registered ones."""
+    if name not in SYMMETRIZATIONS:
+        raise ValueError(f"unknown symmetrization {name!r}, choose one of {tuple(SYMMETRIZATIONS)}")
+    return SYMMETRIZATIONS[name]
+
+
+EQUITUNE_PAPER = 'Basu et al., "Equi-Tuning: Group Equivariant Fine-Tuning of Pretrained Models", AAAI 2023'
+MULTI_GROUP_PAPER = ('Baltaji, Basu, Varshney, "Efficient Model-Agnostic Multi-Group Equivariant Networks", '
+                     "TMLR 2024")
+
+register_symmetrization(SymmetrizationMethod(
+    "equitune", full_product_plan, EQUITUNE_PAPER,
+    "the average over every element g of the product group of g^-1 . M(g . x)"))
+register_symmetrization(SymmetrizationMethod(
+    "multi_equitune", per_factor_plan, MULTI_GROUP_PAPER,
+    "per factor, the average over its elements with the other factors canonicalised, symmetrised over the "
+    "other factors; then the mean over factors"))
+
+
+def count_copies(orders: Sequence[int], symmetrization: str) -> int:
+    """Inner passes per input row of the registered method `symmetrization` (prod |Gi| for equitune, ...)."""
+    return get_symmetrization(symmetrization).num_copies(orders)
+
