@@ -7,7 +7,8 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .image_groups import ImageGroup, resolve_image_groups
-from .image_symmetrize import check_method
+from .image_symmetrize import AVERAGES
+from .methods import DEFAULT_SYMMETRIZATION, get_symmetrization
 
 
 @strict
@@ -17,10 +18,11 @@ class EquivariantVisionConfig(PreTrainedConfig):
     Args:
         inner_config: the inner model's config, nested (a ViT, ResNet, ConvNeXt, ... classifier, or CLIP).
         groups: the factors, each an `ImageGroup.to_dict()` ({"name": ..., "kind": "rot90"|"rot180"|"hflip"|"vflip"}).
-        symmetrization: "multi_equitune" (sum |Gi| inner passes), "equitune" (prod |Gi|), "equizero"
-            (prod |Gi|, the copy of least proxy loss) or "multi_equizero" (sum |Gi|); see `image_groups`.
+        symmetrization: the name of a registered method (`methods.register_symmetrization`): "multi_equitune"
+            (sum |Gi| inner passes), "equitune" (prod |Gi|), ...; see `image_symmetrize` for how its copies
+            are made of images.
+        method_options: keyword arguments of the method's copy weights (equizero's `proxy_loss`, ...).
         average: what the copies' scores average: "probs" (the paper's CLIP code), "log_probs" or "logits".
-        equizero_loss: equizero's proxy loss, "entropy" or "max_prob" (minus the top-1 probability).
         deduplicate: run equal copies (an image fixed by some element) through the inner model once. Exact.
         base_model: name or path of the checkpoint the model was built from (for the model card).
     """
@@ -30,14 +32,16 @@ class EquivariantVisionConfig(PreTrainedConfig):
 
     inner_config: PreTrainedConfig | dict | None = None
     groups: list | None = None
-    symmetrization: str = "multi_equitune"
+    symmetrization: str = DEFAULT_SYMMETRIZATION
+    method_options: dict | None = None
     average: str = "probs"
-    equizero_loss: str = "entropy"
     deduplicate: bool = True
     base_model: str | None = None
 
     def __post_init__(self, **kwargs):
-        check_method(self.symmetrization, self.average, self.equizero_loss)
+        get_symmetrization(self.symmetrization)  # refuses an unknown name, listing the registered ones
+        if self.average not in AVERAGES:
+            raise ValueError(f"unknown average {self.average!r}, choose one of {AVERAGES}")
         # The base class sets the attention implementation recursively (None unless asked for): keep the inner one.
         inner_attn = getattr(self.inner_config, "_attn_implementation", None)
         asked = "attn_implementation" in kwargs

@@ -98,18 +98,11 @@ def save_model_card(card: ModelCard, path: str) -> None:
 
 
 VISION_TEMPLATE = Path(__file__).parent / "model_cards" / "equivariant_vision_model.md"
-CITATIONS = {
-    "equitune": 'Basu et al., "Equi-Tuning", AAAI 2023',
-    "equizero": 'Basu et al., "Efficient Equivariant Transfer Learning from Pretrained Models", NeurIPS 2023',
-    "multi_equitune": 'Baltaji, Basu, Varshney, "Efficient Model-Agnostic Multi-Group Equivariant Networks", TMLR 2024',
-    "multi_equizero": 'Baltaji, Basu, Varshney, "Efficient Model-Agnostic Multi-Group Equivariant Networks", TMLR 2024',
-}
 
 
 def vision_model_card(config, model_class: str, tags: list[str] | None = None):
     """A card for an image model invariant to image groups (`EquivariantVisionConfig`)."""
     from .image_groups import commute
-    from .image_symmetrize import count_copies as image_copies
 
     factors = config.factors
     orders = [f.order for f in factors]
@@ -123,6 +116,7 @@ def vision_model_card(config, model_class: str, tags: list[str] | None = None):
                                 + [f"group:{f.name}" for f in factors] + (tags or []))),
     )
     architecture = config.inner_config.model_type
+    method = get_symmetrization(config.symmetrization)
     return ModelCard.from_template(
         card_data,
         template_path=str(VISION_TEMPLATE),
@@ -134,12 +128,13 @@ def vision_model_card(config, model_class: str, tags: list[str] | None = None):
         groups=[{"name": f.name, "kind": f.kind, "order": f.order} for f in factors],
         commute=commute(factors),
         symmetrization=config.symmetrization,
-        citation=CITATIONS[config.symmetrization],
-        num_copies=image_copies(orders, config.symmetrization),
-        equitune_copies=image_copies(orders, "equitune"),
-        multi_copies=image_copies(orders, "multi_equitune"),
+        method_description=method.description,
+        method_citation=method.citation,
+        canonicalises=bool((method.plan(orders).inputs < 0).any()),
+        num_copies=method.num_copies(orders),
+        method_copies={name: other.num_copies(orders) for name, other in SYMMETRIZATIONS.items()},
         deduplicate=config.deduplicate,
         average=config.average,
-        equizero_loss=config.equizero_loss,
+        method_options=config.method_options or {},
         auto_class="AutoModelForZeroShotImageClassification" if clip else "AutoModelForImageClassification",
     )

@@ -26,37 +26,28 @@ from transformers.models.clip.modeling_clip import CLIPOutput, image_text_contra
 
 from .configuration_vision import EquivariantVisionConfig
 from .image_groups import resolve_image_groups
-from .image_symmetrize import combine, count_copies, distinct_rows, make_copies, plan_branches
+from .image_symmetrize import combine, distinct_rows, image_copies
+from .methods import DEFAULT_SYMMETRIZATION, ElementPlan, get_symmetrization
 
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token",
               "trust_remote_code")
-CONFIG_OPTIONS = ("symmetrization", "average", "equizero_loss", "deduplicate")
-AVERAGING = {"equitune": "equitune", "equizero": "equitune", "multi_equitune": "multi_equitune",
-             "multi_equizero": "multi_equitune"}  # the method that averages over the same copies
+CONFIG_OPTIONS = ("symmetrization", "method_options", "average", "deduplicate")
 
 
 class InnerRows:
-    """The copies of a batch of images for the model's symmetrisation, and the distinct ones to compute.
+    """The copies of a batch of images for a copy plan, and the distinct ones to compute.
 
-    `rows` ([U, C, H, W]) go through the inner model; copy k of image b is inner row
-    `inverse[k * B + b]`; `branch` ([K]) is the branch of each copy (see `image_symmetrize`).
+    `rows` ([U, C, H, W]) go through the inner model; copy k of image b is inner row `inverse[k * B + b]`.
     """
 
-    def __init__(self, pixel_values: torch.Tensor, config: EquivariantVisionConfig):
+    def __init__(self, pixel_values: torch.Tensor, factors, plan: ElementPlan, deduplicate: bool):
         if pixel_values.dim() != 4:
             raise ValueError(f"expected pixel_values of shape [B, C, H, W], got {tuple(pixel_values.shape)}")
-        self.batch_size = pixel_values.shape[0]
-        branches = plan_branches(config.factors, config.symmetrization, *pixel_values.shape[-2:], pixel_values.device)
-        copies, self.branch = make_copies(pixel_values, branches)
-        if config.deduplicate:
+        copies = image_copies(pixel_values, factors, plan)
+        if deduplicate:
             self.rows, self.inverse = distinct_rows(copies)
         else:
             self.rows, self.inverse = copies, torch.arange(copies.shape[0], device=copies.device)
-
-    def combine(self, scores: torch.Tensor, method: str, average: str, loss: str = "entropy") -> torch.Tensor:
-        """[U, L] scores of the inner rows -> [B, L] invariant scores."""
-        per_copy = scores[self.inverse].unflatten(0, (self.branch.shape[0], self.batch_size))
-        return combine(per_copy, self.branch, method, average, loss)
 
 
 class EquivariantVisionPreTrainedModel(PreTrainedModel):
@@ -89,31 +80,45 @@ class EquivariantVisionPreTrainedModel(PreTrainedModel):
         config.inner_config._attn_implementation = model.config._attn_implementation
         model.config = config.inner_config
         self.model = model
+        method = get_symmetrization(config.symmetrization)
+        # the method's input-dependent copy weights (a module: its parameters, if any, are the wrapper's own)
+        self.copy_weights = method.weights(config, **(config.method_options or {})) if method.weights else None
+        if self.copy_weights is not None and self.copy_weights.uses_hidden_states:
+            raise ValueError(
+                f"symmetrization {config.symmetrization!r} weighs copies by the inner model's hidden states, which "
+                f"the image wrappers do not provide; choose a method whose weights read the copies' scores only"
+            )
         self.post_init()
 
     def _init_weights(self, module):
-        """Modules of the inner model missing from a checkpoint are initialised as the inner model would."""
-        if module is not self:
+        """Modules of the inner model missing from a checkpoint are initialised as the inner model would; the
+        method's copy weights initialise themselves."""
+        if any(module is m for m in self.model.modules()):
             self.model._init_weights(module)
 
     @property
+    def plan(self) -> ElementPlan:
+        return get_symmetrization(self.config.symmetrization).plan([f.order for f in self.config.factors])
+
+    @property
     def num_copies(self) -> int:
-        """Copies per image: prod |Gi| (equitune, equizero) or sum |Gi| (multi forms); fewer distinct inner rows
+        """Copies per image: prod |Gi| for equitune, sum |Gi| for multi_equitune, ...; fewer distinct inner rows
         when some are equal and `config.deduplicate` is set."""
-        return count_copies([f.order for f in self.config.factors], self.config.symmetrization)
+        return self.plan.num_copies
 
     def inner_rows(self, pixel_values: torch.Tensor) -> InnerRows:
-        return InnerRows(pixel_values, self.config)
+        return InnerRows(pixel_values, self.config.factors, self.plan, self.config.deduplicate)
 
-    def symmetrised(self, rows: InnerRows, scores: torch.Tensor) -> torch.Tensor:
-        """The configured method over the inner rows' scores [U, L] -> [B, L]."""
-        return rows.combine(scores, self.config.symmetrization, self.config.average, self.config.equizero_loss)
+    def symmetrised(self, rows: InnerRows, scores: torch.Tensor, pooled: bool = False) -> torch.Tensor:
+        """The configured method over the inner rows' scores [U, L] -> [B, L]; `pooled`: features averaged with
+        the plan's fixed weights."""
+        return combine(scores, rows.inverse, self.plan, self.config.average, self.copy_weights, pooled)
 
     @classmethod
-    def from_base_model(cls, model: PreTrainedModel, groups, symmetrization: str = "multi_equitune",
+    def from_base_model(cls, model: PreTrainedModel, groups, symmetrization: str = DEFAULT_SYMMETRIZATION,
                         average: str = "probs", **options):
         """Wrap an in-memory model; its weights are shared. `options` are further `EquivariantVisionConfig`
-        settings (`equizero_loss`, `deduplicate`)."""
+        settings (`method_options`, `deduplicate`)."""
         if isinstance(model, EquivariantVisionPreTrainedModel):
             raise ValueError("the model is already invariant; wrap its inner model (`.model`) instead")
         if not isinstance(model, PreTrainedModel):
@@ -131,7 +136,7 @@ class EquivariantVisionPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, groups=None, **kwargs):
         """Load a saved invariant model, or a plain checkpoint made invariant with `groups=[...]`.
 
-        `symmetrization`, `average`, `equizero_loss` and `deduplicate` given as keywords override the saved
+        `symmetrization`, `method_options`, `average` and `deduplicate` given as keywords override the saved
         choice; the remaining keywords go to the inner model's loading, as in transformers.
         """
         hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
@@ -195,14 +200,11 @@ class EquivariantCLIPModel(EquivariantVisionPreTrainedModel):
                                             position_ids=position_ids)
 
     def get_image_features(self, pixel_values: torch.Tensor) -> BaseModelOutputWithPooling:
-        """pooler_output: the mean of the projected image features over the copies (all of them, also for the
-        equizero forms, whose choice needs texts), an invariant embedding."""
+        """pooler_output: the projected image features averaged over the copies with the plan's fixed weights
+        (input-dependent weights such as equizero's need texts to score the copies), an invariant embedding."""
         rows = self.inner_rows(pixel_values)
         features = self.model.get_image_features(pixel_values=rows.rows).pooler_output
-        return BaseModelOutputWithPooling(pooler_output=self.pooled_features(rows, features))
-
-    def pooled_features(self, rows: InnerRows, features: torch.Tensor) -> torch.Tensor:
-        return rows.combine(features, AVERAGING[self.config.symmetrization], "logits")
+        return BaseModelOutputWithPooling(pooler_output=self.symmetrised(rows, features, pooled=True))
 
     def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None,
                 return_loss: bool | None = None) -> CLIPOutput:
@@ -214,7 +216,7 @@ class EquivariantCLIPModel(EquivariantVisionPreTrainedModel):
         features = self.model.get_image_features(pixel_values=rows.rows).pooler_output
         scores = self.model.logit_scale.exp() * (features / features.norm(p=2, dim=-1, keepdim=True)) @ text_embeds.t()
         logits_per_image = self.symmetrised(rows, scores)
-        image = self.pooled_features(rows, features)
+        image = self.symmetrised(rows, features, pooled=True)
         logits_per_text = logits_per_image.t()
         return CLIPOutput(
             loss=image_text_contrastive_loss(logits_per_text) if return_loss else None,

@@ -10,14 +10,22 @@ from torch import nn
 
 from hf_equivariant import ImageGroup, SymmetryGroup, WordSwapGroup
 from hf_equivariant.image_groups import canonicalize, commute, gather_pixels, pixel_tables, resolve_image_groups
-from hf_equivariant.image_symmetrize import (
-    METHODS,
-    combine,
-    count_copies,
-    distinct_rows,
-    make_copies,
-    plan_branches,
+from hf_equivariant.image_symmetrize import combine, distinct_rows, image_copies
+from hf_equivariant.methods import (
+    SYMMETRIZATIONS,
+    CopyScores,
+    CopyWeights,
+    SymmetrizationMethod,
+    full_product_plan,
+    get_symmetrization,
+    per_factor_plan,
+    register_symmetrization,
 )
+
+# The paper's methods in the image setting, each as the registry holds it (equizero and multi_equizero are
+# registered by the methods module once it has them; every one runs the same registry path).
+PAPER_METHODS = ("equitune", "multi_equitune", "equizero", "multi_equizero")
+METHODS = tuple(name for name in PAPER_METHODS if name in SYMMETRIZATIONS)
 
 # The oracle: each kind's elements written with numpy, independently of the library's pixel tables.
 ORACLE = {
@@ -148,10 +156,13 @@ class Probe(nn.Module):
 
 
 def symmetrised(model, x, kinds, method, deduplicate=True, average="probs"):
-    copies, branch = make_copies(x, plan_branches(resolve_image_groups(kinds), method, *x.shape[-2:]))
+    factors = resolve_image_groups(kinds)
+    registered = get_symmetrization(method)
+    plan = registered.plan([f.order for f in factors])
+    copies = image_copies(x, factors, plan)
     rows, inverse = distinct_rows(copies) if deduplicate else (copies, torch.arange(copies.shape[0]))
-    scores = model(rows)[inverse].unflatten(0, (branch.shape[0], x.shape[0]))
-    return combine(scores, branch, method, average)
+    weights = registered.weights(None) if registered.weights else None
+    return combine(model(rows), inverse, plan, average, weights)
 
 
 @pytest.mark.parametrize("kinds", PRODUCTS, ids="x".join)
@@ -166,6 +177,18 @@ def test_every_method_is_invariant_to_every_element(kinds, method, deduplicate):
     assert (model(moved) - model(x)).abs().max() > 1e-2  # negative control: the model alone is not invariant
 
 
+def test_copies_are_the_plan_elements_of_the_canonical_image():
+    """rot90 x hflip, multi design: 4 rotations and 2 flips of c_G(x); equitune: the 8 elements of x."""
+    x = images()[:1]
+    factors = resolve_image_groups(["rot90", "hflip"])
+    canonical = canonicalize(x, pixel_tables(factors, 5, 5))
+    copies = image_copies(x, factors, per_factor_plan([4, 2])).unflatten(0, (6, 1))
+    expected = [torch.rot90(canonical, k, dims=(-2, -1)) for k in range(4)] + [canonical, canonical.flip(-1)]
+    assert len(copies) == 6 and all(torch.equal(c, e) for c, e in zip(copies, expected))
+    copies = image_copies(x, factors, full_product_plan([4, 2])).unflatten(0, (8, 1))
+    assert len(copies) == 8 and all(torch.equal(c, e(x)) for c, e in zip(copies, oracle_elements(["rot90", "hflip"])))
+
+
 def test_inner_rows_counted_in_the_dihedral_setting():
     x = images()[:2]  # two generic images
     counts = {}
@@ -174,32 +197,73 @@ def test_inner_rows_counted_in_the_dihedral_setting():
             model = Probe()
             symmetrised(model, x, ["rot90", "hflip"], method, deduplicate)
             counts[method, deduplicate] = model.rows // 2
-    assert counts["equitune", False] == counts["equizero", False] == 8
-    assert counts["multi_equitune", False] == counts["multi_equizero", False] == 6
-    assert counts["equitune", True] == 8  # generic images: 8 different copies
-    assert counts["multi_equitune", True] == 5  # the canonical image itself is in both branches
-    assert [count_copies([4, 2], m) for m in METHODS] == [8, 6, 8, 6]
+    for method in METHODS:
+        multi = method.startswith("multi_")
+        assert counts[method, False] == get_symmetrization(method).num_copies([4, 2]) == (6 if multi else 8)
+        # generic images: 8 different copies; the multi design's canonical image is in both branches
+        assert counts[method, True] == (5 if multi else 8)
     model = Probe()
     symmetrised(model, images()[4:5], ["rot90", "hflip"], "equitune")  # constant image: one distinct copy
     assert model.rows == 1
 
 
-def test_equizero_selects_the_least_entropy_copy_and_averages_ties():
-    scores = torch.tensor([[[0.0, 0.0]], [[5.0, 0.0]], [[0.0, 5.0]], [[1.0, 0.0]]])  # [K=4, B=1, L=2]
-    one_branch = torch.zeros(4, dtype=torch.long)
-    y = combine(scores, one_branch, "equizero", average="probs").exp()
-    torch.testing.assert_close(y, torch.tensor([[0.5, 0.5]]))  # copies 1 and 2 tie: their mean
-    y = combine(scores[[0, 1, 3]], one_branch[:3], "equizero", average="logits")
-    torch.testing.assert_close(y, torch.tensor([[5.0, 0.0]]))
-    two_branches = torch.tensor([0, 0, 1, 1])
-    y = combine(scores, two_branches, "multi_equizero", average="logits")
-    torch.testing.assert_close(y, torch.tensor([[2.5, 2.5]]))  # mean of branch 0's copy 1 and branch 1's copy 2
-    y = combine(scores, two_branches, "multi_equitune", average="logits")
-    torch.testing.assert_close(y, scores.mean(0))
-    with pytest.raises(ValueError, match="unknown symmetrization 'equi'"):
-        combine(scores, one_branch, "equi")
+class MostConfident(CopyWeights):
+    """A method defined here: within each branch, the copies whose top log-probability is the highest."""
+
+    def __init__(self, config=None):
+        super().__init__()
+
+    def forward(self, scores: CopyScores) -> torch.Tensor:
+        top = scores.per_copy(scores.log_probs.amax(-1))  # [K, B]
+        best = torch.stack([top[scores.branches == b].amax(0) for b in range(int(scores.branches.max()) + 1)])
+        return (top == best[scores.branches]).double()
 
 
+class CopyIndex(CopyWeights):
+    """Negative control: weights by the copy's index, not by its outputs."""
+
+    def __init__(self, config=None):
+        super().__init__()
+
+    def forward(self, scores: CopyScores) -> torch.Tensor:
+        batch_size = scores.inverse.shape[0] // scores.num_copies
+        return torch.arange(1.0, scores.num_copies + 1)[:, None].expand(-1, batch_size)
+
+
+@pytest.fixture
+def plugged_in():
+    register_symmetrization(SymmetrizationMethod("test_most_confident", per_factor_plan, "-", "test", MostConfident))
+    register_symmetrization(SymmetrizationMethod("test_copy_index", full_product_plan, "-", "control", CopyIndex))
+    yield
+    del SYMMETRIZATIONS["test_most_confident"], SYMMETRIZATIONS["test_copy_index"]
+
+
+def test_a_method_defined_here_plugs_into_images(plugged_in):
+    model, x = Probe(), images()
+    kinds = ["rot90", "hflip"]
+    y = symmetrised(model, x, kinds, "test_most_confident", average="logits")
+    for element in oracle_elements(kinds):
+        torch.testing.assert_close(symmetrised(model, element(x), kinds, "test_most_confident", average="logits"), y,
+                                   atol=1e-4, rtol=0)
+    # its formula: per branch, the mean logits of the most confident copies; then the mean over branches
+    factors = resolve_image_groups(kinds)
+    copies = image_copies(x, factors, per_factor_plan([4, 2])).unflatten(0, (6, -1))
+    z = torch.stack([model(c) for c in copies])  # [6, B, L]
+    branch_means = []
+    for branch in (z[:4], z[4:]):
+        top = branch.log_softmax(-1).amax(-1)
+        chosen = (top == top.amax(0)).float()
+        branch_means.append((branch * chosen[..., None]).sum(0) / chosen.sum(0)[:, None])
+    torch.testing.assert_close(y, sum(branch_means) / 2, atol=1e-5, rtol=0)
+    moved = oracle_elements(kinds)[1](x)
+    control = symmetrised(model, x, kinds, "test_copy_index", average="logits")
+    assert (symmetrised(model, moved, kinds, "test_copy_index", average="logits") - control).abs().max() > 1e-3
+
+
+def test_combine_refuses_an_unknown_average():
+    plan = full_product_plan([2])
+    with pytest.raises(ValueError, match="unknown average 'mean'"):
+        combine(torch.zeros(2, 3), torch.arange(2), plan, "mean")
 def test_word_swap_groups_follow_the_same_protocol(tokenizer):
     race = WordSwapGroup("race", RACE_CLASSES).resolve(tokenizer)
     assert isinstance(race, SymmetryGroup)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_image_groups import images, oracle_elements
+from test_image_groups import METHODS, images, oracle_elements
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
     AutoModelForImageClassification,
@@ -31,7 +31,7 @@ from hf_equivariant import (
     EquivariantVisionConfig,
     make_equivariant,
 )
-from hf_equivariant.image_symmetrize import METHODS
+from hf_equivariant.methods import get_symmetrization
 
 LABELS = {i: f"class {i}" for i in range(5)}
 GROUPS = [["rot90", "hflip"], ["hflip", "vflip"], ["rot90"]]
@@ -124,33 +124,34 @@ def test_inner_passes_counted():
             with torch.no_grad():
                 model(x)
             counts[method, deduplicate] = counter.rows / 3
-    assert counts == {("equitune", False): 8, ("equitune", True): 8, ("equizero", False): 8, ("equizero", True): 8,
-                      ("multi_equitune", False): 6, ("multi_equitune", True): 5,
-                      ("multi_equizero", False): 6, ("multi_equizero", True): 5}
+    for method in METHODS:
+        multi = method.startswith("multi_")
+        assert counts[method, False] == get_symmetrization(method).num_copies([4, 2]) == (6 if multi else 8)
+        assert counts[method, True] == (5 if multi else 8)  # the canonical image is in both branches
     assert make_equivariant(base, ["rot90", "hflip"]).num_copies == 6
     assert make_equivariant(base, ["rot90", "hflip"], symmetrization="equitune").num_copies == 8
 
 
 def test_save_load_auto_classes_and_card(tmp_path):
-    model = make_equivariant(tiny_vit(), ["rot90", "hflip"], symmetrization="multi_equizero").eval()
+    method = METHODS[-1]  # multi_equizero where registered
+    model = make_equivariant(tiny_vit(), ["rot90", "hflip"], symmetrization=method).eval()
     x = pixels()
     with torch.no_grad():
         y = model(x).logits
     model.save_pretrained(tmp_path / "eq")
     loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "eq")
     assert isinstance(loaded, EquivariantModelForImageClassification)
-    assert loaded.config.symmetrization == "multi_equizero" and [f.kind for f in loaded.config.factors] == ["rot90",
-                                                                                                             "hflip"]
+    assert loaded.config.symmetrization == method and [f.kind for f in loaded.config.factors] == ["rot90", "hflip"]
     with torch.no_grad():
         torch.testing.assert_close(loaded(x).logits, y, atol=0, rtol=0)
     card = (tmp_path / "eq" / "README.md").read_text()
-    assert "pipeline_tag: image-classification" in card and "multi_equizero" in card and "**6**" in card
+    assert "pipeline_tag: image-classification" in card and f"**{method}**" in card and "**6**" in card
     other = EquivariantModelForImageClassification.from_pretrained(tmp_path / "eq", symmetrization="equitune")
     assert other.config.symmetrization == "equitune" and other.num_copies == 8
     # a plain checkpoint made invariant on load
     tiny_vit().save_pretrained(tmp_path / "plain")
     from_base = EquivariantModelForImageClassification.from_pretrained(tmp_path / "plain", groups=["rot90", "hflip"],
-                                                                       symmetrization="multi_equizero").eval()
+                                                                       symmetrization=method).eval()
     with torch.no_grad():
         torch.testing.assert_close(from_base(x).logits, y, atol=0, rtol=0)
     with pytest.raises(ValueError, match="plain vit checkpoint: pass groups="):
@@ -161,7 +162,7 @@ def test_save_load_auto_classes_and_card(tmp_path):
         make_equivariant(model, ["hflip"])
     with pytest.raises(ValueError, match="the config has no groups"):
         EquivariantModelForImageClassification(EquivariantVisionConfig(inner_config=tiny_vit().config))
-    with pytest.raises(ValueError, match="unknown symmetrization 'canon'"):
+    with pytest.raises(ValueError, match="unknown symmetrization 'canon', choose one of .*'multi_equitune'"):
         make_equivariant(tiny_vit(), ["hflip"], symmetrization="canon")
 
 
@@ -241,7 +242,7 @@ def test_clip_image_side_is_invariant(method):
 
 
 def test_clip_zero_shot_pipeline_save_load_and_loss(tmp_path):
-    model = make_equivariant(tiny_clip(), ["rot90", "hflip"], symmetrization="multi_equizero").eval()
+    model = make_equivariant(tiny_clip(), ["rot90", "hflip"], symmetrization=METHODS[-1]).eval()
     model.save_pretrained(tmp_path)
     loaded = AutoModelForZeroShotImageClassification.from_pretrained(tmp_path)
     assert isinstance(loaded, EquivariantCLIPModel)
@@ -282,9 +283,9 @@ def test_real_clip_example_runs_on_local_folders(tmp_path):
     table = vision_clip_zero_shot.main(["--model", str(tmp_path / "clip"), "--dataset", "imagefolder", "--data-dir",
                                         str(tmp_path / "images"), "--split", "train", "--samples", "0"])
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in table.splitlines()[4:]}
-    assert set(rows) == {"plain", "equitune", "multi_equitune", "equizero", "multi_equizero"}
+    assert set(rows) == {"plain", *METHODS}
     assert rows["equitune"][1] == "8.00" and rows["plain"][1] == "1.00"
-    for method in ("equitune", "multi_equitune", "equizero", "multi_equizero"):
+    for method in METHODS:
         assert rows[method][2] == rows[method][3]  # upright and moved accuracy agree: invariant
 
 
@@ -301,11 +302,11 @@ def test_digits_experiment_smoke_run(tmp_path):
     text = out.read_text()
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.splitlines()
             if line.startswith("| ") and "±" in line}
-    assert {"plain", "equitune", "multi_equitune", "equizero", "multi_equizero"} <= set(rows)
+    assert {"plain", *METHODS} <= set(rows)
     for section in text.split("## ")[1:3]:  # the classifier and CLIP tables: invariant methods agree upright/moved
         for line in section.splitlines():
             cells = line.split(" | ")
-            if len(cells) == 6 and cells[0].strip("| ") in ("equitune", "multi_equitune", "equizero", "multi_equizero"):
+            if len(cells) == 6 and cells[0].strip("| ") in METHODS:
                 assert cells[3] == cells[4], line
     assert "| equitune | 8 | 8.00 |" in text and "| multi_equitune | 6 | 5.00 |" in text
     assert (tmp_path / "raw" / "vision.json").exists()
