@@ -310,3 +310,26 @@ def test_digits_experiment_smoke_run(tmp_path):
                 assert cells[3] == cells[4], line
     assert "| equitune | 8 | 8.00 |" in text and "| multi_equitune | 6 | 5.00 |" in text
     assert (tmp_path / "raw" / "vision.json").exists()
+
+
+def test_methods_reading_hidden_states_are_refused_for_images():
+    from hf_equivariant.methods import (
+        SYMMETRIZATIONS,
+        CopyWeights,
+        SymmetrizationMethod,
+        full_product_plan,
+        register_symmetrization,
+    )
+
+    class HiddenStateWeights(CopyWeights):
+        uses_hidden_states = True
+
+        def __init__(self, config=None):
+            super().__init__()
+
+    register_symmetrization(SymmetrizationMethod("test_hidden", full_product_plan, "-", "test", HiddenStateWeights))
+    try:
+        with pytest.raises(ValueError, match="'test_hidden' weighs copies by the inner model's hidden states"):
+            make_equivariant(tiny_vit(), ["hflip"], symmetrization="test_hidden")
+    finally:
+        del SYMMETRIZATIONS["test_hidden"]
