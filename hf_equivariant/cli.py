@@ -224,7 +224,30 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--prompt", action="append", help="an input (repeat; default: sentences of group words)")
     check.add_argument("--atol", type=float, default=1e-4)
     check.set_defaults(run=check_command)
+    serve = commands.add_parser("serve", help="serve an equivariant model behind an OpenAI-compatible API")
+    serve.add_argument("--model", required=True,
+                       help="Hub id or folder: a saved equivariant model, or a causal LM to wrap with --groups")
+    serve.add_argument("--gguf-file", help="GGUF file inside --model, if the model is one")
+    serve.add_argument("--groups", help=f"comma-separated presets to wrap a plain model with (default: gender,race; "
+                                        f"none for a saved equivariant model): {', '.join(presets.BY_NAME)}")
+    serve.add_argument("--symmetrization", choices=SYMMETRIZATIONS, default="multi_equitune")
+    serve.add_argument("--action", choices=ACTIONS, default="word")
+    serve.add_argument("--served-model-name", help="the model name clients send (default: --model)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    serve.add_argument("--max-batch-size", type=int, default=8, help="most requests per generate call")
+    serve.set_defaults(run=serve_command)
     return parser
+
+
+def serve_command(args) -> None:
+    try:
+        from .serving import serve
+    except ImportError as missing:  # fastapi, uvicorn, openai: the [serve] extra
+        print(f"hf-equivariant serve: error: {missing.name} is not installed; pip install 'hf-equivariant[serve]'",
+              file=sys.stderr)
+        raise SystemExit(2) from None
+    serve(args)
 
 
 def main(argv: list[str] | None = None) -> None:

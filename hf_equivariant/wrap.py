@@ -38,12 +38,32 @@ def make_equivariant(
     `action="token"` every occurrence of a group token. The wrapper shares the model's weights and leaves
     them untouched. `symmetrization` names a registered method (`methods.register_symmetrization`).
     """
+    model = inner_transformers_model(model)
     if hasattr(model, "get_image_features") and hasattr(model, "get_text_features"):
         return EquivariantCLIPModel.from_base_model(model, groups, symmetrization, average or "probs")
     if getattr(model, "main_input_name", None) == "pixel_values":
         return EquivariantModelForImageClassification.from_base_model(model, groups, symmetrization, average or "probs")
     wrapper = EquivariantModelForSeq2SeqLM if model.config.is_encoder_decoder else EquivariantModelForCausalLM
     return wrapper.from_base_model(model, groups, tokenizer, symmetrization, average or "log_probs", action)
+
+
+def inner_transformers_model(model) -> PreTrainedModel:
+    """`model` itself, or the transformers model inside a peft `PeftModel`; refuses anything else.
+
+    `make_equivariant(peft_model, ...)` thus wraps the peft model's transformers model with the adapter's layers
+    in place: the wrapper computes M = base + adapter on every copy, and peft's switches (`disable_adapter`,
+    `set_adapter`, `merge_and_unload`) act through it.
+    """
+    if isinstance(model, PreTrainedModel):
+        return model
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return model.get_base_model()
+    raise TypeError(
+        f"make_equivariant wraps a transformers PreTrainedModel or a peft PeftModel, got {type(model).__name__}; "
+        f"load the model with AutoModelForCausalLM / AutoModelForSeq2SeqLM.from_pretrained"
+    )
 
 
 def register_auto_classes() -> None:
