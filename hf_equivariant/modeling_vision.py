@@ -195,6 +195,14 @@ class EquivariantCLIPModel(EquivariantVisionPreTrainedModel):
     main_input_name = "input_ids"
     input_modalities = ("image", "text")
 
+    def __init__(self, config: EquivariantVisionConfig, model: PreTrainedModel | None = None):
+        if config.inner_config.model_type != "clip":
+            raise ValueError(
+                f"EquivariantCLIPModel wraps CLIP models, got a {config.inner_config.model_type} model: its image-text "
+                f"scores (SigLIP: sigmoid with a bias) and loss are not handled here"
+            )
+        super().__init__(config, model)
+
     def get_text_features(self, input_ids, attention_mask=None, position_ids=None) -> BaseModelOutputWithPooling:
         return self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask,
                                             position_ids=position_ids)

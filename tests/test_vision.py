@@ -160,6 +160,8 @@ def test_save_load_auto_classes_and_card(tmp_path):
         EquivariantModelForImageClassification.from_pretrained(tmp_path / "eq", groups=["hflip"])
     with pytest.raises(ValueError, match="already invariant"):
         make_equivariant(model, ["hflip"])
+    with pytest.raises(ValueError, match="EquivariantCLIPModel wraps CLIP models, got a vit model"):
+        EquivariantCLIPModel.from_base_model(tiny_vit(), ["hflip"])
     with pytest.raises(ValueError, match="the config has no groups"):
         EquivariantModelForImageClassification(EquivariantVisionConfig(inner_config=tiny_vit().config))
     with pytest.raises(ValueError, match="unknown symmetrization 'canon', choose one of .*'multi_equitune'"):
