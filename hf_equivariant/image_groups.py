@@ -111,10 +111,12 @@ def canonicalize(x: torch.Tensor, over: torch.Tensor, invariant_to: torch.Tensor
     pattern = _pattern(tuple(x.shape[1:])).to(x.device)
     if invariant_to is not None:
         pattern = gather_pixels(pattern, invariant_to).sum(0)
-    orbit = gather_pixels(x, over)  # [|S|, B, ...]
-    scores = torch.einsum("kbn,n->kb", orbit.flatten(2).double(), pattern.flatten())
-    best = scores.argmax(0)
-    return orbit[best, torch.arange(x.shape[0], device=x.device)]
+    # <s . x, P> = <x, s^-1 . P>: score the images against the |S| moved patterns, without moving the images
+    patterns = gather_pixels(pattern, over.argsort(-1))  # [|S|, ...]: s^-1 . P (the table of s^-1 is t_s^-1)
+    best = (x.flatten(1).double() @ patterns.flatten(1).t()).argmax(1)  # [B]
+    flat = x.flatten(-2)  # [B, ..., H*W]
+    index = over[best].view(x.shape[0], *[1] * (flat.dim() - 2), -1).expand_as(flat)
+    return flat.gather(-1, index).view_as(x)
 
 
 class PixelAction:
