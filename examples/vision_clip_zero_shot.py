@@ -26,11 +26,8 @@ from datasets import load_dataset
 from transformers import AutoImageProcessor, AutoModelForZeroShotImageClassification, AutoTokenizer
 
 from hf_equivariant import make_equivariant
-from hf_equivariant.methods import SYMMETRIZATIONS
 
-# The paper's methods, each as the registry holds it (equizero forms once the methods module registers them).
-METHODS = ("plain", *(name for name in ("equitune", "multi_equitune", "equizero", "multi_equizero")
-                      if name in SYMMETRIZATIONS))
+METHODS = ("plain", "equitune", "multi_equitune", "equizero", "multi_equizero", "canonicalize")
 
 
 def random_elements(pixel_values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

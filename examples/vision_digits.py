@@ -45,12 +45,9 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from hf_equivariant import make_equivariant
-from hf_equivariant.methods import SYMMETRIZATIONS
 
 GROUPS = ["rot90", "hflip"]
-# The paper's methods, each as the registry holds it (equizero forms once the methods module registers them).
-METHODS = ("plain", *(name for name in ("equitune", "multi_equitune", "equizero", "multi_equizero")
-                      if name in SYMMETRIZATIONS))
+METHODS = ("plain", "equitune", "multi_equitune", "equizero", "multi_equizero", "canonicalize")
 PROMPT = "a photo of the digit {}"
 CAPTIONS = ("a photo of the digit {}", "the digit {}", "a handwritten {}")
 DIGITS = [str(d) for d in range(10)]

@@ -8,6 +8,8 @@ where inputs[k, i] == CANONICAL. On images (the proofs are in the docstring of `
   acted factors so that c_S commutes with them (as with word swaps);
 - g . c_G(x) when the factors do not commute: the whole group is canonicalised first, then each branch's
   element acts (the paper's rotation x flip design: 4 + 2 copies of the canonical image).
+A canonicalising method (`SymmetrizationMethod.canonicalizes`) runs once, on c_G(x): the frame's elements
+g^-1 act trivially on invariant outputs, so its mean over the frame is M(c_G(x)) (`image_plan`).
 Copies of every image go through the inner model as one batch; equal copies run once when deduplicated.
 
 The outputs (class logits, image-text logits) are invariant: h^-1 . z = z, so the plan's output terms reduce to
@@ -23,9 +25,20 @@ from __future__ import annotations
 import torch
 
 from .image_groups import canonicalize, commute, gather_pixels, pixel_tables
-from .methods import CANONICAL, CopyScores, CopyWeights, ElementPlan, branch_scale
+from .methods import CANONICAL, CopyScores, CopyWeights, ElementPlan, branch_scale, get_symmetrization
 
 AVERAGES = ("logits", "log_probs", "probs")
+
+
+def image_plan(symmetrization: str, orders) -> ElementPlan:
+    """The registered method's plan; for a canonicalising method one copy, canonical in every factor."""
+    method = get_symmetrization(symmetrization)
+    if not method.canonicalizes:
+        return method.plan(orders)
+    return ElementPlan(inputs=torch.full((1, len(orders)), CANONICAL), branches=torch.zeros(1, dtype=torch.long),
+                       term_copies=torch.zeros(1, dtype=torch.long),
+                       term_elements=torch.zeros(1, len(orders), dtype=torch.long),
+                       term_weights=torch.ones(1, dtype=torch.float64))
 
 
 def image_copies(pixel_values: torch.Tensor, factors, plan: ElementPlan) -> torch.Tensor:

@@ -13,6 +13,10 @@ of orders |G1|, ..., |GN|:
   a full-product method; the copies of one factor for a multi-group one): copy k of branch b gets the
   plan's weight scaled by |b| * a_k / sum_{j in b} a_j. With a_k = 1 that is the plan itself.
   equizero: a_k = 1 on the argmin set of a proxy loss; lambda-equitune: a_k = lambda(hidden state of copy k).
+- whether it *canonicalises*: then the copies are the input's frame, the elements g that send it to its
+  canonical form (an orbit-invariant choice the domain makes; the elements that leave it undetermined, its
+  stabiliser, all give the same copy), the inner model runs once on that canonical copy, and the output is
+  the mean over the frame of g^-1 . M(g . x), per position (Kaba et al. 2023).
 - its citation for the model card, and whether it has trainable parameters.
 
 `symmetrization="..."` everywhere (config, `make_equivariant`, `from_base_model`, the command line, the
@@ -133,6 +137,37 @@ class CopyWeights(nn.Module):
         raise NotImplementedError
 
 
+PROXY_LOSSES = {
+    # per position, from log-probabilities [..., V]; both are invariant to permuting the vocabulary
+    "entropy": lambda log_probs: -(log_probs.exp() * log_probs).nan_to_num(0.0).sum(-1),
+    "max_prob": lambda log_probs: -log_probs.amax(-1).exp(),
+}
+
+
+class ArgminWeights(CopyWeights):
+    """equizero's selection: a_k = 1 on every copy whose proxy loss L(M(g_k . x)) is within `tie_tolerance` of
+    the minimum over its branch (per row and position), 0 elsewhere.
+
+    L is "entropy" (of the next-token distribution) or "max_prob" (minus its top-1 probability). Acting on
+    the input permutes a branch's copies, and L is invariant to the output action, so the argmin set moves
+    with the input. Copies that are equal (an input fixed by some element) tie exactly; averaging over the
+    whole argmin set (never picking one of them) is what keeps the method exact.
+    """
+
+    def __init__(self, config=None, proxy_loss: str = "entropy", tie_tolerance: float = 1e-5):
+        super().__init__()
+        if proxy_loss not in PROXY_LOSSES:
+            raise ValueError(f"unknown proxy_loss {proxy_loss!r}, choose one of {tuple(PROXY_LOSSES)}")
+        self.proxy_loss, self.tie_tolerance = proxy_loss, tie_tolerance
+
+    def forward(self, scores: CopyScores) -> torch.Tensor:
+        loss = scores.per_copy(PROXY_LOSSES[self.proxy_loss](scores.log_probs))  # [K, B, ...]
+        column = scores.branches.view(-1, *[1] * (loss.dim() - 1))
+        best = loss.new_full((int(scores.branches.max()) + 1, *loss.shape[1:]), float("inf"))
+        best = best.scatter_reduce(0, column.expand_as(loss), loss, "amin")
+        return (loss <= best[scores.branches] + self.tie_tolerance).to(loss.dtype)
+
+
 def branch_scale(weights: torch.Tensor, branches: torch.Tensor) -> torch.Tensor:
     """[K, B, ...] weights a_k >= 0 -> factors on the plan's copy weights: |b| * a_k / sum_{j in b} a_j for the
     branch b of copy k (1 where the weights are equal across the branch)."""
@@ -153,6 +188,9 @@ class SymmetrizationMethod:
       `config.method_options`; or None for the plan's fixed weights.
     - `citation`: the paper, as the model card cites it; `description`: one line for the card.
     - `trainable`: whether its weights module has parameters to train.
+    - `canonicalizes`: whether its copies are the input's frame (see the module docstring; its plan must be
+      the full product, one copy per element, and it has no weights).
+    - `seq2seq`: whether it works for encoder-decoder models too.
     """
 
     name: str
@@ -161,10 +199,17 @@ class SymmetrizationMethod:
     description: str
     weights: Callable[..., CopyWeights] | None = None
     trainable: bool = False
+    canonicalizes: bool = False
+    seq2seq: bool = True
 
     def num_copies(self, orders: Sequence[int]) -> int:
-        """Inner passes per input row."""
+        """Copies per input row (the plan's)."""
         return self.plan(orders).num_copies
+
+    def inner_passes(self, orders: Sequence[int]) -> int:
+        """Inner passes per input row: one for a canonicalising method (every copy runs the canonical one),
+        else one per copy (fewer where deduplication finds equal copies)."""
+        return 1 if self.canonicalizes else self.num_copies(orders)
 
 
 SYMMETRIZATIONS: dict[str, SymmetrizationMethod] = {}
@@ -197,6 +242,23 @@ register_symmetrization(SymmetrizationMethod(
     "multi_equitune", per_factor_plan, MULTI_GROUP_PAPER,
     "per factor, the average over its elements with the other factors canonicalised, symmetrised over the "
     "other factors; then the mean over factors"))
+
+EQUIZERO_PAPER = 'Basu et al., "Efficient Equivariant Transfer Learning from Pretrained Models", NeurIPS 2023'
+register_symmetrization(SymmetrizationMethod(
+    "equizero", full_product_plan, EQUIZERO_PAPER,
+    "g*^-1 . M(g* . x) with g* the element of the product group whose copy has the least proxy loss (entropy by "
+    "default), per position; ties averaged", weights=ArgminWeights))
+register_symmetrization(SymmetrizationMethod(
+    "multi_equizero", per_factor_plan, MULTI_GROUP_PAPER,
+    "per factor, equizero over its elements with the other factors canonicalised, symmetrised over the other "
+    "factors; then the mean over factors", weights=ArgminWeights))
+
+CANONICALIZATION_PAPER = 'Kaba et al., "Equivariance with Learned Canonicalization Functions", ICML 2023'
+register_symmetrization(SymmetrizationMethod(
+    "canonicalize", full_product_plan, CANONICALIZATION_PAPER,
+    "frame canonicalisation: g_x^-1 . M(g_x . x), with g_x sending, factor by factor, the classes in the order "
+    "of their first word to the least classes (0, 1, 2, ...); the elements this leaves open are averaged over. "
+    "The inner model runs once per input, on the canonical copy", canonicalizes=True, seq2seq=False))
 
 
 def count_copies(orders: Sequence[int], symmetrization: str) -> int:

@@ -66,8 +66,8 @@ def equivariant_model_card(config: EquivariantConfig, tags: list[str] | None = N
         action=config.action,
         method_description=method.description,
         method_citation=method.citation,
-        num_copies=method.num_copies(orders),
-        method_copies={name: other.num_copies(orders) for name, other in SYMMETRIZATIONS.items()},
+        num_copies=method.inner_passes(orders),
+        method_copies={name: other.inner_passes(orders) for name, other in SYMMETRIZATIONS.items()},
         auto_class="AutoModelForSeq2SeqLM" if seq2seq else "AutoModelForCausalLM",
         repo_id=repo_id or base_model and f"<user>/equivariant-{base_model.split('/')[-1]}" or "<user>/<repo>",
     )
@@ -103,6 +103,7 @@ VISION_TEMPLATE = Path(__file__).parent / "model_cards" / "equivariant_vision_mo
 def vision_model_card(config, model_class: str, tags: list[str] | None = None):
     """A card for an image model invariant to image groups (`EquivariantVisionConfig`)."""
     from .image_groups import commute
+    from .image_symmetrize import image_plan
 
     factors = config.factors
     orders = [f.order for f in factors]
@@ -117,6 +118,7 @@ def vision_model_card(config, model_class: str, tags: list[str] | None = None):
     )
     architecture = config.inner_config.model_type
     method = get_symmetrization(config.symmetrization)
+    plan = image_plan(config.symmetrization, orders)
     return ModelCard.from_template(
         card_data,
         template_path=str(VISION_TEMPLATE),
@@ -130,9 +132,10 @@ def vision_model_card(config, model_class: str, tags: list[str] | None = None):
         symmetrization=config.symmetrization,
         method_description=method.description,
         method_citation=method.citation,
-        canonicalises=bool((method.plan(orders).inputs < 0).any()),
-        num_copies=method.num_copies(orders),
-        method_copies={name: other.num_copies(orders) for name, other in SYMMETRIZATIONS.items()},
+        canonicalises=bool((plan.inputs < 0).any()),
+        canonical_only=bool((plan.inputs < 0).all()),
+        num_copies=plan.num_copies,
+        method_copies={name: image_plan(name, orders).num_copies for name in SYMMETRIZATIONS},
         deduplicate=config.deduplicate,
         average=config.average,
         method_options=config.method_options or {},

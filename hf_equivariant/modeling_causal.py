@@ -45,12 +45,14 @@ class EquivariantModelForCausalLM(EquivariantPreTrainedModel, GenerationMixin):
         use_cache=None,
         logits_to_keep=0,
         preceding_token_ids=None,
+        history_ids=None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Symmetrised logits [B, T, V]; with `labels`, the cross-entropy of the symmetrised distribution.
 
         `preceding_token_ids` ([B]): the token before input_ids[:, 0] when `cache` holds the past (the word
-        action needs it; generate() passes it).
+        action needs it; generate() passes it). `history_ids` ([B, T_past + T]): every token so far, when
+        `cache` holds the past and the method canonicalises (generate() passes it).
         """
         self.refuse_embeddings(inputs_embeds=inputs_embeds)
         if input_ids is None:
@@ -59,7 +61,7 @@ class EquivariantModelForCausalLM(EquivariantPreTrainedModel, GenerationMixin):
             kwargs["logits_to_keep"] = logits_to_keep
         per_row = dict(attention_mask=attention_mask, position_ids=position_ids, **kwargs)
         out = self.symmetrised_forward(input_ids, per_row, labels=labels, cache=cache, use_cache=use_cache,
-                                       preceding_token_ids=preceding_token_ids)
+                                       preceding_token_ids=preceding_token_ids, history_ids=history_ids)
         return CausalLMOutputWithPast(loss=out.loss, logits=out.logits, cache=out.inner.cache,
                                       hidden_states=out.inner.get("hidden_states"),
                                       attentions=out.inner.get("attentions"))

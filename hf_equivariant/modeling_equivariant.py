@@ -21,9 +21,9 @@ from transformers.utils import ModelOutput
 from . import boundaries
 from .configuration_equivariant import EquivariantConfig
 from .groups import resolve_groups
-from .methods import DEFAULT_SYMMETRIZATION, CopyScores, branch_scale, get_symmetrization
+from .methods import DEFAULT_SYMMETRIZATION, SYMMETRIZATIONS, CopyScores, branch_scale, get_symmetrization
 from .rows import CacheRows, CopyRows, expand_rows, holds_past
-from .symmetrize import CopyPlan, Pool, plan_copies, support_lookup, transform_ids
+from .symmetrize import CopyPlan, Pool, class_keys, frame, plan_copies, support_lookup, transform_ids
 
 HUB_KWARGS = (
     "cache_dir",
@@ -37,7 +37,7 @@ HUB_KWARGS = (
     "gguf_file",
 )
 PLAN_BUFFERS = ("plan_support", "plan_lookup", "plan_input_maps", "plan_weights", "plan_mixing", "plan_branches",
-                "plan_before", "plan_after")
+                "plan_class_keys", "plan_before", "plan_after")
 FLOAT_PLAN_BUFFERS = ("plan_weights", "plan_mixing")  # float32 whatever the model's dtype
 # Per-layer outputs of the inner model, returned for one copy of each input row (see symmetrised_forward).
 LAYER_OUTPUTS = ("hidden_states", "attentions", "decoder_hidden_states", "decoder_attentions", "cross_attentions")
@@ -130,6 +130,9 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         model.config = config.text_config
         self.model = model
         method = get_symmetrization(config.symmetrization)
+        if config.is_encoder_decoder and not method.seq2seq:
+            raise ValueError(f"symmetrization={config.symmetrization!r} supports causal LMs only; choose one of "
+                             f"{tuple(name for name, m in SYMMETRIZATIONS.items() if m.seq2seq)} for a seq2seq model")
         # the method's input-dependent copy weights (a module: its parameters, if any, are the wrapper's own)
         self.copy_weights = method.weights(config, **(config.method_options or {})) if method.weights else None
         self._refuse_moved_special_tokens()
@@ -164,7 +167,8 @@ class EquivariantPreTrainedModel(PreTrainedModel):
             plan = plan_copies(self.config.factors, self.config.symmetrization)
             lookup = support_lookup(plan.support, vocab_size)
             before, after = boundaries.decode_boundaries(self.config.token_boundaries, vocab_size)
-        tensors = (plan.support, lookup, plan.input_maps, plan.weights, plan.mixing, plan.branches, before, after)
+        keys = class_keys(self.config.factors, vocab_size)
+        tensors = (plan.support, lookup, plan.input_maps, plan.weights, plan.mixing, plan.branches, keys, before, after)
         return dict(zip(PLAN_BUFFERS, tensors))
 
     def _init_weights(self, module):
@@ -187,6 +191,11 @@ class EquivariantPreTrainedModel(PreTrainedModel):
     def plan(self) -> CopyPlan:
         return CopyPlan(self.plan_support, self.plan_input_maps, self.plan_weights, self.plan_mixing,
                         self.plan_branches)
+
+    @property
+    def method(self):
+        """The registered `methods.SymmetrizationMethod` of `config.symmetrization`."""
+        return get_symmetrization(self.config.symmetrization)
 
     @property
     def num_copies(self) -> int:
@@ -279,7 +288,7 @@ class EquivariantPreTrainedModel(PreTrainedModel):
             raise ValueError(f"the group acts on token ids: pass ids, not {', '.join(given)}")
 
     def symmetrised_forward(self, ids: torch.Tensor, per_row: dict, *, labels=None, cache=None, use_cache=None,
-                            preceding_token_ids=None, following_token_ids=None,
+                            preceding_token_ids=None, following_token_ids=None, history_ids=None,
                             context: torch.Tensor | None = None) -> Symmetrised:
         """The forward pass of every task: transform -> distinct rows -> inner calls -> combine.
 
@@ -292,6 +301,8 @@ class EquivariantPreTrainedModel(PreTrainedModel):
           their context rows are equal too.
         - `preceding_token_ids` ([B]): the token before ids[:, 0] when `cache` holds the past (the word
           action needs it); `following_token_ids` ([B]): the token known to follow the last one.
+        - `history_ids` ([B, T_past + T]): every token of each row so far, `ids` last, when `cache` holds the
+          past and the method canonicalises (the frame depends on the whole prefix).
 
         Copies run through the inner model one block of distinct rows at a time (`inner_blocks`); the
         method's fixed weights combine each block as it comes. A method with input-dependent weights
@@ -310,6 +321,18 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         batch_size = ids.shape[0]
         occurrences = self.word_occurrences(ids, preceding_token_ids, following_token_ids)
         copies = self.transform_ids(ids, occurrences)
+        in_frame = None
+        if self.method.canonicalizes:  # every copy row runs the row's canonical copy; the frame weighs the reads
+            if history_ids is None:
+                if cache is not None and holds_past(cache):
+                    raise ValueError(f"symmetrization={self.config.symmetrization!r} depends on the whole prefix: when "
+                                     f"continuing from a cache, pass history_ids (every token of each row so far, the "
+                                     f"new ones last); generate() passes it")
+                history_ids, history_copies = ids, copies
+            else:
+                history_copies = self.transform_ids(history_ids, self.word_occurrences(history_ids))
+            canonical, in_frame = frame(history_copies, self.plan_class_keys, batch_size)
+            copies, in_frame = canonical[:, -ids.shape[1]:], in_frame[..., -ids.shape[1]:]
         keys = copies
         if context is not None and self.deduplicates(cache) and self.cache_rows.of(cache) is None:
             context_rows = torch.unique(context.flatten(1), dim=0, return_inverse=True)[1]
@@ -320,7 +343,8 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         weigh = self.copy_weights
         if weigh is not None and weigh.uses_hidden_states:
             per_row["output_hidden_states"] = True
-        pool = Pool(self.plan, rows, self.config.average) if weigh is None else None
+        scale = None if in_frame is None else branch_scale(in_frame[:, :, kept].float(), self.plan_branches)
+        pool = Pool(self.plan, rows, self.config.average, scale) if weigh is None else None
         held_logits, held_hidden, layers = [], [], []
         for block in self.inner_blocks(rows.num_rows, use_cache or cache is not None):
             inner_rows = rows.representatives[block]
@@ -369,12 +393,15 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         restarts its cache past its original context, Bloom keeps a 2-D mask with static caches, ...). It
         sees the same cache object, which it only queries (length) or drops.
         With the word action it adds the token before the new ones (`preceding_token_ids`) once a cache holds
-        the past: whether a new token begins a word depends on it.
+        the past: whether a new token begins a word depends on it. A canonicalising method gets the whole
+        history (`history_ids`): the frame depends on it.
         """
         inputs = self.model.prepare_inputs_for_generation(input_ids, **kwargs)
         new = inputs["decoder_input_ids" if self.config.is_encoder_decoder else "input_ids"]
         if self.acts_on_words and new is not None and input_ids.shape[1] > new.shape[1]:
             inputs["preceding_token_ids"] = input_ids[:, -new.shape[1] - 1]
+        if self.method.canonicalizes:
+            inputs["history_ids"] = input_ids
         return inputs
 
     def _validate_model_kwargs(self, model_kwargs: dict):

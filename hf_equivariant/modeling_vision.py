@@ -26,7 +26,7 @@ from transformers.models.clip.modeling_clip import CLIPOutput, image_text_contra
 
 from .configuration_vision import EquivariantVisionConfig
 from .image_groups import resolve_image_groups
-from .image_symmetrize import combine, distinct_rows, image_copies
+from .image_symmetrize import combine, distinct_rows, image_copies, image_plan
 from .methods import DEFAULT_SYMMETRIZATION, ElementPlan, get_symmetrization
 
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token",
@@ -98,12 +98,12 @@ class EquivariantVisionPreTrainedModel(PreTrainedModel):
 
     @property
     def plan(self) -> ElementPlan:
-        return get_symmetrization(self.config.symmetrization).plan([f.order for f in self.config.factors])
+        return image_plan(self.config.symmetrization, [f.order for f in self.config.factors])
 
     @property
     def num_copies(self) -> int:
-        """Copies per image: prod |Gi| for equitune, sum |Gi| for multi_equitune, ...; fewer distinct inner rows
-        when some are equal and `config.deduplicate` is set."""
+        """Copies per image: prod |Gi| for equitune, sum |Gi| for multi_equitune, 1 for canonicalize, ...; fewer
+        distinct inner rows when some are equal and `config.deduplicate` is set."""
         return self.plan.num_copies
 
     def inner_rows(self, pixel_values: torch.Tensor) -> InnerRows:

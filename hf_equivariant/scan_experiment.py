@@ -138,7 +138,7 @@ def run_seed(config: ScanExperiment, seed: int) -> list[dict]:
         trainer.train()
         evaluate("pretrained", base, trainer, time.perf_counter() - start)
         pretrained_state = {k: v.clone() for k, v in base.state_dict().items()}
-        for symmetrization in config.symmetrizations or tuple(SYMMETRIZATIONS):
+        for symmetrization in config.symmetrizations or [n for n, m in SYMMETRIZATIONS.items() if m.seq2seq]:
             base.load_state_dict(pretrained_state)
             model = make_equivariant(base, groups, tokenizer, symmetrization=symmetrization)
             trainer = trainer_for(model, tokenizer, train, config.finetune_epochs, config.finetune_learning_rate,

@@ -104,6 +104,35 @@ def transform_ids(ids: torch.Tensor, lookup: torch.Tensor, input_maps: torch.Ten
     return torch.where(moved, mapped, ids).flatten(0, 1)
 
 
+def class_keys(factors: list[TokenSwapGroup], vocab_size: int) -> torch.Tensor:
+    """[V] long: the class of each token in its factor (orbit[c] is class c's token), -1 off the support."""
+    keys = torch.full((vocab_size,), -1, dtype=torch.long)
+    for f in factors:
+        orbits = torch.tensor(f.orbits, dtype=torch.long)
+        keys[orbits] = torch.arange(orbits.shape[1]).expand_as(orbits)
+    return keys
+
+
+def frame(copies: torch.Tensor, keys: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame canonicalisation of B rows from their K copies, one per element of the product ([K*B, T]).
+
+    The canonical form of a prefix x<=t is, among its copies, the one whose sequence of classes (`keys`) is
+    lexicographically least: factor by factor, the classes in the order of their first word go to the least
+    classes the factor allows (0, 1, 2, ... for a symmetric factor; for a cyclic one the first word's class
+    goes to 0). It depends on the orbit only, and the frame of a longer prefix lies in that of a shorter
+    one, so the least copy of the whole row is canonical at every position.
+    Returns (for every copy row the row's canonical copy, [K*B, T]; [K, B, T] bool: whether element k sends
+    x<=t to its canonical form, i.e. is in the frame of the prefix).
+    """
+    num_copies = copies.shape[0] // batch_size
+    classes = keys[copies]
+    owners = torch.arange(copies.shape[0], device=copies.device) % batch_size
+    rank = torch.unique(torch.cat([owners[:, None], classes], dim=1), dim=0, return_inverse=True)[1]
+    least = rank.view(num_copies, batch_size).argmin(0) * batch_size + torch.arange(batch_size, device=copies.device)
+    in_frame = (classes.view(num_copies, batch_size, -1) != classes[least]).cumsum(-1) == 0
+    return copies[least].repeat(num_copies, 1), in_frame
+
+
 class Pool:
     """The running combination of the inner rows' outputs, fed in consecutive blocks (see `combine`).
 

@@ -26,6 +26,7 @@ def make_equivariant(
     symmetrization: str = DEFAULT_SYMMETRIZATION,
     average: str | None = None,
     action: str = "word",
+    **options,
 ):
     """Wrap an in-memory model so that it is exactly equivariant to the product of `groups`.
 
@@ -36,15 +37,18 @@ def make_equivariant(
     `groups` are `WordSwapGroup`s (resolved with `tokenizer`) or already resolved `TokenSwapGroup`s.
     `action="word"` swaps whole words only (the tokenizer says where words begin and end),
     `action="token"` every occurrence of a group token. The wrapper shares the model's weights and leaves
-    them untouched. `symmetrization` names a registered method (`methods.register_symmetrization`).
+    them untouched. `symmetrization` names a registered method (`methods.register_symmetrization`);
+    `options` are further `EquivariantConfig` (or `EquivariantVisionConfig`) settings (`deduplicate`,
+    `method_options`, ...).
     """
     model = inner_transformers_model(model)
     if hasattr(model, "get_image_features") and hasattr(model, "get_text_features"):
-        return EquivariantCLIPModel.from_base_model(model, groups, symmetrization, average or "probs")
+        return EquivariantCLIPModel.from_base_model(model, groups, symmetrization, average or "probs", **options)
     if getattr(model, "main_input_name", None) == "pixel_values":
-        return EquivariantModelForImageClassification.from_base_model(model, groups, symmetrization, average or "probs")
+        return EquivariantModelForImageClassification.from_base_model(model, groups, symmetrization, average or "probs",
+                                                                      **options)
     wrapper = EquivariantModelForSeq2SeqLM if model.config.is_encoder_decoder else EquivariantModelForCausalLM
-    return wrapper.from_base_model(model, groups, tokenizer, symmetrization, average or "log_probs", action)
+    return wrapper.from_base_model(model, groups, tokenizer, symmetrization, average or "log_probs", action, **options)
 
 
 def inner_transformers_model(model) -> PreTrainedModel:

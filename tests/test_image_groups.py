@@ -10,7 +10,7 @@ from torch import nn
 
 from hf_equivariant import ImageGroup, SymmetryGroup, WordSwapGroup
 from hf_equivariant.image_groups import canonicalize, commute, gather_pixels, pixel_tables, resolve_image_groups
-from hf_equivariant.image_symmetrize import combine, distinct_rows, image_copies
+from hf_equivariant.image_symmetrize import combine, distinct_rows, image_copies, image_plan
 from hf_equivariant.methods import (
     SYMMETRIZATIONS,
     CopyScores,
@@ -22,10 +22,9 @@ from hf_equivariant.methods import (
     register_symmetrization,
 )
 
-# The paper's methods in the image setting, each as the registry holds it (equizero and multi_equizero are
-# registered by the methods module once it has them; every one runs the same registry path).
-PAPER_METHODS = ("equitune", "multi_equitune", "equizero", "multi_equizero")
-METHODS = tuple(name for name in PAPER_METHODS if name in SYMMETRIZATIONS)
+# The registered methods the image wrappers run, each through the same registry path: the paper's four and
+# frame canonicalisation (one pass on the canonical image).
+METHODS = ("equitune", "multi_equitune", "equizero", "multi_equizero", "canonicalize")
 
 # The oracle: each kind's elements written with numpy, independently of the library's pixel tables.
 ORACLE = {
@@ -158,7 +157,7 @@ class Probe(nn.Module):
 def symmetrised(model, x, kinds, method, deduplicate=True, average="probs"):
     factors = resolve_image_groups(kinds)
     registered = get_symmetrization(method)
-    plan = registered.plan([f.order for f in factors])
+    plan = image_plan(method, [f.order for f in factors])
     copies = image_copies(x, factors, plan)
     rows, inverse = distinct_rows(copies) if deduplicate else (copies, torch.arange(copies.shape[0]))
     weights = registered.weights(None) if registered.weights else None
@@ -197,11 +196,10 @@ def test_inner_rows_counted_in_the_dihedral_setting():
             model = Probe()
             symmetrised(model, x, ["rot90", "hflip"], method, deduplicate)
             counts[method, deduplicate] = model.rows // 2
-    for method in METHODS:
-        multi = method.startswith("multi_")
-        assert counts[method, False] == get_symmetrization(method).num_copies([4, 2]) == (6 if multi else 8)
-        # generic images: 8 different copies; the multi design's canonical image is in both branches
-        assert counts[method, True] == (5 if multi else 8)
+    expected = {"equitune": (8, 8), "equizero": (8, 8), "multi_equitune": (6, 5), "multi_equizero": (6, 5),
+                "canonicalize": (1, 1)}  # generic images; the multi design's canonical image is in both branches
+    assert {m: (counts[m, False], counts[m, True]) for m in METHODS} == expected
+    assert [get_symmetrization(m).inner_passes([4, 2]) for m in METHODS] == [8, 6, 8, 6, 1]
     model = Probe()
     symmetrised(model, images()[4:5], ["rot90", "hflip"], "equitune")  # constant image: one distinct copy
     assert model.rows == 1
