@@ -28,7 +28,8 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from hf_equivariant.experiments.multi_input import MultiInputEquivariantNet, MultiInputLayer, rotations
+from hf_equivariant import ImageGroup
+from hf_equivariant.experiments.multi_input import MultiInputEquivariantNet, MultiInputLayer
 
 FEATURES = 64
 
@@ -58,7 +59,7 @@ class PlainNet(nn.Module):
 
 def multi_input_net(views: int, fusion: bool) -> MultiInputEquivariantNet:
     """One invariant multi-input layer: a C4-equituned encoder per view, optional IS fusion (smaller encoders)."""
-    groups = [rotations(4)] * views
+    groups = [ImageGroup("rot90")] * views
     layer = MultiInputLayer(groups, encoder, (lambda: encoder(8)) if fusion else None, invariant=True)
     return MultiInputEquivariantNet(groups, [layer], head(views))
 

@@ -1,12 +1,17 @@
-"""hf-equivariant: exactly equivariant HuggingFace language models over products of word-swap groups."""
+"""hf-equivariant: exactly equivariant HuggingFace models: language models over products of word-swap groups,
+image classifiers and CLIP over rotations and mirror images."""
 
 from . import presets
 from .check import check_equivariance
 from .configuration_equivariant import EquivariantConfig
+from .configuration_vision import EquivariantVisionConfig
 from .groups import TokenSwapGroup, WordSwapGroup, resolve_groups
+from .image_groups import ImageGroup
 from .modeling_causal import EquiGPT2LMHeadModel, EquivariantModelForCausalLM
 from .modeling_equivariant import EquivariantPreTrainedModel
 from .modeling_seq2seq import EquivariantModelForSeq2SeqLM
+from .modeling_vision import EquivariantCLIPModel, EquivariantModelForImageClassification
+from .symmetry import SymmetryGroup
 from .wrap import make_equivariant, register_auto_classes
 
 register_auto_classes()
@@ -14,10 +19,15 @@ register_auto_classes()
 __version__ = "0.1.0"
 __all__ = [
     "EquiGPT2LMHeadModel",
+    "EquivariantCLIPModel",
     "EquivariantConfig",
     "EquivariantModelForCausalLM",
+    "EquivariantModelForImageClassification",
     "EquivariantModelForSeq2SeqLM",
     "EquivariantPreTrainedModel",
+    "EquivariantVisionConfig",
+    "ImageGroup",
+    "SymmetryGroup",
     "TokenSwapGroup",
     "check_equivariance",
     "WordSwapGroup",

@@ -282,6 +282,18 @@ class TokenSwapGroup:
             table[orbits] = orbits[:, :1].expand_as(orbits)
         return table
 
+    def act(self, ids: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """[K, *ids.shape]: the elements `index` applied to token ids (every support token is moved)."""
+        return self.permutation_tables().to(ids.device)[index][:, ids]
+
+    def output_permutations(self) -> torch.Tensor:
+        """[|G|, V]: (g^-1 . y)[..., v] = y[..., p_g[v]] for scores y over the vocabulary (see `symmetry`)."""
+        return self.permutation_tables()
+
+    def canonicalize(self, ids: torch.Tensor) -> torch.Tensor:
+        """Every orbit token replaced by the class-0 token of its orbit: the same for every g . ids."""
+        return self.canonicalizer().to(ids.device)[ids]
+
     def to_dict(self) -> dict:
         return {
             "name": self.name,

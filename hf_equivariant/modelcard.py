@@ -117,3 +117,49 @@ def save_model_card(card: ModelCard, path: str) -> None:
                     existing.data[key] = value
             card = existing
     card.save(path)
+
+
+VISION_TEMPLATE = Path(__file__).parent / "model_cards" / "equivariant_vision_model.md"
+
+
+def vision_model_card(config, model_class: str, tags: list[str] | None = None):
+    """A card for an image model invariant to image groups (`EquivariantVisionConfig`)."""
+    from .image_groups import commute
+    from .image_symmetrize import image_plan
+
+    factors = config.factors
+    orders = [f.order for f in factors]
+    base_model = _hub_id(config.base_model)
+    clip = model_class == "EquivariantCLIPModel"
+    card_data = ModelCardData(
+        library_name="transformers",
+        base_model=base_model,
+        pipeline_tag="zero-shot-image-classification" if clip else "image-classification",
+        tags=list(dict.fromkeys(["hf-equivariant", "invariance", config.symmetrization]
+                                + [f"group:{f.name}" for f in factors] + (tags or []))),
+    )
+    architecture = config.inner_config.model_type
+    method = get_symmetrization(config.symmetrization)
+    plan = image_plan(config.symmetrization, orders)
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(VISION_TEMPLATE),
+        title=f"Invariant {base_model or config.base_model or architecture}",
+        base_model=config.base_model,
+        architecture=architecture,
+        group_expression=" x ".join(f"{f.name} ({f.kind})" for f in factors),
+        group_order=math.prod(orders),
+        groups=[{"name": f.name, "kind": f.kind, "order": f.order} for f in factors],
+        commute=commute(factors),
+        symmetrization=config.symmetrization,
+        method_description=method.description,
+        method_citation=method.citation,
+        canonicalises=bool((plan.inputs < 0).any()),
+        canonical_only=bool((plan.inputs < 0).all()),
+        num_copies=plan.num_copies,
+        method_copies={name: image_plan(name, orders).num_copies for name in SYMMETRIZATIONS},
+        deduplicate=config.deduplicate,
+        average=config.average,
+        method_options=config.method_options or {},
+        auto_class="AutoModelForZeroShotImageClassification" if clip else "AutoModelForImageClassification",
+    )

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageClassification,
+    AutoModelForSeq2SeqLM,
+    AutoModelForZeroShotImageClassification,
+    PreTrainedModel,
+)
 
 from .configuration_equivariant import EquivariantConfig
+from .configuration_vision import EquivariantVisionConfig
 from .methods import DEFAULT_SYMMETRIZATION
 from .modeling_causal import EquivariantModelForCausalLM
 from .modeling_seq2seq import EquivariantModelForSeq2SeqLM
+from .modeling_vision import EquivariantCLIPModel, EquivariantModelForImageClassification
 
 
 def make_equivariant(
@@ -15,21 +24,31 @@ def make_equivariant(
     groups,
     tokenizer=None,
     symmetrization: str = DEFAULT_SYMMETRIZATION,
-    average: str = "log_probs",
+    average: str | None = None,
     action: str = "word",
     **options,
 ):
-    """Wrap an in-memory causal or seq2seq LM so that it is exactly equivariant to the product of `groups`.
+    """Wrap an in-memory model so that it is exactly equivariant to the product of `groups`.
+
+    A causal or seq2seq LM takes word-swap groups; an image classifier or a CLIP model takes image groups
+    (`ImageGroup`s or kind names such as "rot90", "hflip"), and its image side becomes invariant; its
+    `average` defaults to "probs" (the language models' to "log_probs").
 
     `groups` are `WordSwapGroup`s (resolved with `tokenizer`) or already resolved `TokenSwapGroup`s.
     `action="word"` swaps whole words only (the tokenizer says where words begin and end),
     `action="token"` every occurrence of a group token. The wrapper shares the model's weights and leaves
     them untouched. `symmetrization` names a registered method (`methods.register_symmetrization`);
-    `options` are further `EquivariantConfig` settings (`deduplicate`, `method_options`, ...).
+    `options` are further `EquivariantConfig` (or `EquivariantVisionConfig`) settings (`deduplicate`,
+    `method_options`, ...).
     """
     model = inner_transformers_model(model)
+    if hasattr(model, "get_image_features") and hasattr(model, "get_text_features"):
+        return EquivariantCLIPModel.from_base_model(model, groups, symmetrization, average or "probs", **options)
+    if getattr(model, "main_input_name", None) == "pixel_values":
+        return EquivariantModelForImageClassification.from_base_model(model, groups, symmetrization, average or "probs",
+                                                                      **options)
     wrapper = EquivariantModelForSeq2SeqLM if model.config.is_encoder_decoder else EquivariantModelForCausalLM
-    return wrapper.from_base_model(model, groups, tokenizer, symmetrization, average, action, **options)
+    return wrapper.from_base_model(model, groups, tokenizer, symmetrization, average or "log_probs", action, **options)
 
 
 def inner_transformers_model(model) -> PreTrainedModel:
@@ -52,7 +71,12 @@ def inner_transformers_model(model) -> PreTrainedModel:
 
 
 def register_auto_classes() -> None:
-    """Make `AutoConfig`, `AutoModelForCausalLM` and `AutoModelForSeq2SeqLM` load saved equivariant models."""
+    """Make `AutoConfig` and the Auto model classes (causal and seq2seq LMs, image classification, zero-shot image
+    classification) load saved equivariant models."""
     AutoConfig.register(EquivariantConfig.model_type, EquivariantConfig, exist_ok=True)
+    AutoConfig.register(EquivariantVisionConfig.model_type, EquivariantVisionConfig, exist_ok=True)
+    AutoModelForImageClassification.register(EquivariantVisionConfig, EquivariantModelForImageClassification,
+                                             exist_ok=True)
+    AutoModelForZeroShotImageClassification.register(EquivariantVisionConfig, EquivariantCLIPModel, exist_ok=True)
     AutoModelForCausalLM.register(EquivariantConfig, EquivariantModelForCausalLM, exist_ok=True)
     AutoModelForSeq2SeqLM.register(EquivariantConfig, EquivariantModelForSeq2SeqLM, exist_ok=True)

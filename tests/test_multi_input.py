@@ -8,15 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from hf_equivariant.experiments.multi_input import (
-    ISLayer,
-    MultiInputEquivariantNet,
-    MultiInputLayer,
-    equitune,
-    horizontal_flip,
-    identity_group,
-    rotations,
-)
+from hf_equivariant import ImageGroup
+from hf_equivariant.experiments.multi_input import ISLayer, MultiInputEquivariantNet, MultiInputLayer, equitune, symmetrize
+
+C4, C2, FLIP, VFLIP = ImageGroup("rot90"), ImageGroup("rot180"), ImageGroup("hflip"), ImageGroup("vflip")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
@@ -27,40 +22,41 @@ def conv(in_channels, out_channels, size=3):
 
 def test_groups_act_as_groups():
     x = torch.randn(2, 3, 6, 6)
-    for group in (rotations(4), rotations(2), horizontal_flip(), identity_group(), rotations(2) * horizontal_flip()):
-        assert torch.equal(group.act(x, 0), x)
-        for k in range(group.order):
-            assert torch.equal(group.act(group.act(x, k), group.inverse[k]), x)
-        assert len({tuple(group.act(x, k).flatten().tolist()) for k in range(group.order)}) == group.order
-    assert torch.equal(rotations(4).act(x, 1), torch.rot90(x, 1, dims=(-2, -1)))
-    assert torch.equal(horizontal_flip().act(x, 1)[..., 0], x[..., -1])  # mirrors left-right
+    for group in (C4, C2, FLIP, C2 * FLIP, C4 * FLIP):
+        everything = torch.arange(group.order)
+        copies = group.act(x, everything)
+        assert torch.equal(group.act(x, 0), x) and torch.equal(copies[1], group.act(x, 1))
+        assert torch.equal(group.inverse_act(copies), x.expand_as(copies))  # g_k^-1 g_k x = x
+        assert len({tuple(c.flatten().tolist()) for c in copies}) == group.order
+        torch.testing.assert_close(symmetrize(group, symmetrize(group, x)), symmetrize(group, x))
+    assert torch.equal(C4.act(x, 1), torch.rot90(x, 1, dims=(-2, -1)))
+    assert torch.equal(FLIP.act(x, 1)[..., 0], x[..., -1])  # mirrors left-right
+    assert (C4 * FLIP).name == "rot90xhflip" and (C4 * FLIP).order == 8
 
 
 def test_bad_groups_and_inputs_are_refused():
-    with pytest.raises(ValueError, match="'C4' and 'flip' do not commute"):
-        rotations(4) * horizontal_flip()
-    with pytest.raises(ValueError, match=r"acts on square \[..., H, W\] tensors, got shape \(2, 1, 6, 5\)"):
-        rotations(4).act(torch.randn(2, 1, 6, 5), 1)
-    with pytest.raises(ValueError, match="C4 or, by 180 degrees, C2"):
-        rotations(3)
-    layer = MultiInputLayer([rotations(4), horizontal_flip()], lambda: conv(1, 2))
+    with pytest.raises(ValueError, match="rot90 x rot180 does not act faithfully"):
+        C4 * C2
+    with pytest.raises(ValueError, match=r"'rot90' rotates by 90 degrees and needs square images, got 6x5"):
+        C4.act(torch.randn(2, 1, 6, 5), 1)
+    layer = MultiInputLayer([C4, FLIP], lambda: conv(1, 2))
     with pytest.raises(ValueError, match="expected 2 inputs \\(one per group\\), got 3"):
         layer([torch.randn(1, 1, 6, 6)] * 3)
 
 
 def test_equitune_is_equivariant_and_invariant():
     torch.manual_seed(0)
-    group, x = rotations(4), torch.randn(3, 1, 6, 6)
+    group, x = C4 * FLIP, torch.randn(3, 1, 6, 6)
     equivariant, invariant = equitune(conv(1, 4), group), equitune(nn.Sequential(conv(1, 2), nn.Flatten()), group,
                                                                    invariant=True)
-    for k in range(4):
+    for k in range(group.order):
         torch.testing.assert_close(equivariant(group.act(x, k)), group.act(equivariant(x), k), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(invariant(group.act(x, k)), invariant(x), atol=1e-5, rtol=1e-5)
 
 
 def test_is_layer_is_invariant_in_its_input_and_symmetric_in_its_output():
     torch.manual_seed(0)
-    source, target = rotations(4), horizontal_flip()
+    source, target = C4, FLIP
     layer, x = ISLayer(conv(1, 3), source, target), torch.randn(2, 1, 6, 6)
     y = layer(x)
     for h in range(source.order):
@@ -72,9 +68,10 @@ def test_is_layer_is_invariant_in_its_input_and_symmetric_in_its_output():
 
 
 @pytest.mark.parametrize("groups", [
-    [rotations(4), horizontal_flip()],
-    [rotations(4), rotations(2) * horizontal_flip(), horizontal_flip()],
-], ids=["N=2", "N=3"])
+    [C4, FLIP],
+    [C4, C2 * FLIP, FLIP],
+    [C4 * FLIP, VFLIP],  # a dihedral stream: its factors do not commute, and it is a group
+], ids=["N=2", "N=3", "dihedral"])
 @pytest.mark.parametrize("fusion", [False, True])
 def test_every_element_combination(groups, fusion):
     torch.manual_seed(0)

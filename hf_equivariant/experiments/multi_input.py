@@ -1,7 +1,7 @@
 """The paper's first design: networks of several inputs X1..XN, group Gi acting on input i only.
 
-- `TensorGroup`: a finite group acting on the last two axes of a tensor (90-degree rotations,
-  horizontal flip, the identity, and products of commuting ones).
+- The groups are image groups (`image_groups.ImageGroup`: quarter turns, half turns, mirror images, and their
+  products `ImageGroup("rot180") * ImageGroup("hflip")`), acting on the last two axes of feature maps.
 - `equitune(module, group)`: y = 1/|G| sum_g g^-1 M(g x) (equivariant) or 1/|G| sum_g M(g x) (invariant).
 - `ISLayer(module, source, target)`: IS(x) = Sym_target( 1/|Gs| sum_h F(h x) ), Sym_G(y) = 1/|G| sum_g g y:
   invariant to the source group in its input and fixed by the target group in its output.
@@ -18,83 +18,33 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-
-class TensorGroup:
-    """A finite group acting on the last two axes (H, W) of tensors.
-
-    `act(x, k)` applies element k, `inverse[k]` is the index of its inverse; element 0 is the identity.
-    """
-
-    def __init__(self, name: str, order: int, act: Callable[[torch.Tensor, int], torch.Tensor],
-                 inverse: Sequence[int], square: bool = False):
-        self.name, self.order, self._act, self.inverse, self.square = name, order, act, list(inverse), square
-
-    def act(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        if x.dim() < 2 or (self.square and x.shape[-1] != x.shape[-2]):
-            raise ValueError(f"group {self.name!r} acts on square [..., H, W] tensors, got shape {tuple(x.shape)}")
-        return self._act(x, k)
-
-    def orbit(self, x: torch.Tensor) -> torch.Tensor:
-        """[|G|, *x.shape]: every element applied to x."""
-        return torch.stack([self.act(x, k) for k in range(self.order)])
-
-    def inverse_orbit(self, ys: torch.Tensor) -> torch.Tensor:
-        """ys[k] -> g_k^-1 ys[k], for ys of shape [|G|, ...]."""
-        return torch.stack([self.act(y, self.inverse[k]) for k, y in enumerate(ys)])
-
-    def symmetrize(self, y: torch.Tensor) -> torch.Tensor:
-        """Sym_G(y) = 1/|G| sum_g g y."""
-        return self.orbit(y).mean(0)
-
-    def __mul__(self, other: TensorGroup) -> TensorGroup:
-        """The direct product of two commuting groups (elements (a, b) = a after b)."""
-        probe = torch.randn(5, 5) if not (self.square or other.square) else torch.randn(6, 6)
-        for a, b in itertools.product(range(self.order), range(other.order)):
-            if not torch.equal(self.act(other.act(probe, b), a), other.act(self.act(probe, a), b)):
-                raise ValueError(f"groups {self.name!r} and {other.name!r} do not commute, so their direct "
-                                 f"product does not act this way (element {a} of one and {b} of the other)")
-        pairs = list(itertools.product(range(self.order), range(other.order)))
-        return TensorGroup(
-            f"{self.name}x{other.name}", len(pairs), lambda x, k: self.act(other.act(x, pairs[k][1]), pairs[k][0]),
-            [pairs.index((self.inverse[a], other.inverse[b])) for a, b in pairs], self.square or other.square,
-        )
-
-    def __repr__(self) -> str:
-        return f"TensorGroup({self.name!r}, order={self.order})"
+from .image_groups import PixelAction
 
 
-def identity_group() -> TensorGroup:
-    return TensorGroup("identity", 1, lambda x, k: x, [0])
+def orbit(group: PixelAction, x: torch.Tensor) -> torch.Tensor:
+    """[|G|, *x.shape]: every element applied to x."""
+    return group.act(x, torch.arange(group.order, device=x.device))
 
 
-def rotations(quarter_turns: int = 4) -> TensorGroup:
-    """C4 (or C2 with quarter_turns=2: 0 and 180 degrees) rotations of the last two axes."""
-    if quarter_turns not in (2, 4):
-        raise ValueError(f"rotations by 90 degrees form C4 or, by 180 degrees, C2; got {quarter_turns}")
-    step = 4 // quarter_turns
-    return TensorGroup(f"C{quarter_turns}", quarter_turns, lambda x, k: torch.rot90(x, k * step, dims=(-2, -1)),
-                       [(-k) % quarter_turns for k in range(quarter_turns)], square=quarter_turns == 4)
-
-
-def horizontal_flip() -> TensorGroup:
-    """Mirror left-right (the last axis)."""
-    return TensorGroup("flip", 2, lambda x, k: x.flip(-1) if k else x, [0, 1])
+def symmetrize(group: PixelAction, y: torch.Tensor) -> torch.Tensor:
+    """Sym_G(y) = 1/|G| sum_g g y."""
+    return orbit(group, y).mean(0)
 
 
 class Equituned(nn.Module):
     """equitune(M): the mean over the group of g^-1 M(g x) (or of M(g x) with invariant=True)."""
 
-    def __init__(self, module: nn.Module, group: TensorGroup, invariant: bool = False):
+    def __init__(self, module: nn.Module, group: PixelAction, invariant: bool = False):
         super().__init__()
         self.module, self.group, self.invariant = module, group, invariant
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        orbit = self.group.orbit(x)  # [|G|, B, ...]
-        ys = self.module(orbit.flatten(0, 1)).unflatten(0, orbit.shape[:2])
-        return ys.mean(0) if self.invariant else self.group.inverse_orbit(ys).mean(0)
+        copies = orbit(self.group, x)  # [|G|, B, ...]
+        ys = self.module(copies.flatten(0, 1)).unflatten(0, copies.shape[:2])
+        return ys.mean(0) if self.invariant else self.group.inverse_act(ys).mean(0)
 
 
-def equitune(module: nn.Module, group: TensorGroup, invariant: bool = False) -> Equituned:
+def equitune(module: nn.Module, group: PixelAction, invariant: bool = False) -> Equituned:
     """The per-input wrapper: equivariant (or invariant) to `group` for any `module`."""
     return Equituned(module, group, invariant)
 
@@ -105,14 +55,14 @@ class ISLayer(nn.Module):
     With `target=None` the output is a feature vector, on which the target group acts trivially.
     """
 
-    def __init__(self, module: nn.Module, source: TensorGroup, target: TensorGroup | None):
+    def __init__(self, module: nn.Module, source: PixelAction, target: PixelAction | None):
         super().__init__()
         self.invariant_part = equitune(module, source, invariant=True)
         self.target = target
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.invariant_part(x)
-        return y if self.target is None else self.target.symmetrize(y)
+        return y if self.target is None else symmetrize(self.target, y)
 
 
 class MultiInputLayer(nn.Module):
@@ -123,7 +73,7 @@ class MultiInputLayer(nn.Module):
     otherwise feature maps that the stream's group acts on.
     """
 
-    def __init__(self, groups: Sequence[TensorGroup], make_stream: Callable[[], nn.Module],
+    def __init__(self, groups: Sequence[PixelAction], make_stream: Callable[[], nn.Module],
                  make_fusion: Callable[[], nn.Module] | None = None, invariant: bool = False):
         super().__init__()
         self.groups = list(groups)
@@ -152,7 +102,7 @@ class MultiInputEquivariantNet(nn.Module):
     streams are concatenated and `head` applied.
     """
 
-    def __init__(self, groups: Sequence[TensorGroup], layers: Sequence[MultiInputLayer], head: nn.Module):
+    def __init__(self, groups: Sequence[PixelAction], layers: Sequence[MultiInputLayer], head: nn.Module):
         super().__init__()
         self.groups = list(groups)
         self.layers = nn.ModuleList(layers)

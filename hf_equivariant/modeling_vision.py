@@ -1,0 +1,235 @@
+"""Vision wrappers: any image classifier, and CLIP, with outputs invariant to a product of image groups.
+
+Both hold the pretrained model as `self.model`. A forward pass makes the copies of the images that the
+symmetrisation needs (`image_symmetrize`), runs the distinct ones through the inner model as one batch and
+combines their scores:
+- `EquivariantModelForImageClassification`: the class logits (any `AutoModelForImageClassification`:
+  ViT, ResNet, ConvNeXt, ...);
+- `EquivariantCLIPModel`: the image-text logits of a CLIP model (`logits_per_image`, zero-shot
+  classification); the text side runs once, unchanged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForImageClassification,
+    AutoModelForZeroShotImageClassification,
+    PreTrainedModel,
+)
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.models.clip.modeling_clip import CLIPOutput, image_text_contrastive_loss
+
+from .configuration_vision import EquivariantVisionConfig
+from .image_groups import resolve_image_groups
+from .image_symmetrize import combine, distinct_rows, image_copies, image_plan
+from .methods import DEFAULT_SYMMETRIZATION, ElementPlan, get_symmetrization
+
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token",
+              "trust_remote_code")
+CONFIG_OPTIONS = ("symmetrization", "method_options", "average", "deduplicate")
+
+
+class InnerRows:
+    """The copies of a batch of images for a copy plan, and the distinct ones to compute.
+
+    `rows` ([U, C, H, W]) go through the inner model; copy k of image b is inner row `inverse[k * B + b]`.
+    """
+
+    def __init__(self, pixel_values: torch.Tensor, factors, plan: ElementPlan, deduplicate: bool):
+        if pixel_values.dim() != 4:
+            raise ValueError(f"expected pixel_values of shape [B, C, H, W], got {tuple(pixel_values.shape)}")
+        copies = image_copies(pixel_values, factors, plan)
+        if deduplicate:
+            self.rows, self.inverse = distinct_rows(copies)
+        else:
+            self.rows, self.inverse = copies, torch.arange(copies.shape[0], device=copies.device)
+
+
+class EquivariantVisionPreTrainedModel(PreTrainedModel):
+    """Base class: wraps `self.model` (built by `auto_model_class`) and symmetrises its image side."""
+
+    config_class = EquivariantVisionConfig
+    base_model_prefix = "model"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    auto_model_class = None  # the Auto class of the inner model, set by each task subclass
+
+    def __init__(self, config: EquivariantVisionConfig, model: PreTrainedModel | None = None):
+        if not config.groups:
+            raise ValueError(
+                f"the config has no groups (groups={config.groups!r}): build the model with "
+                f"make_equivariant(model, groups=['rot90', 'hflip']) or from_pretrained(base, groups=[...])"
+            )
+        super().__init__(config)
+        if model is None:
+            model = self.auto_model_class.from_config(config.inner_config)
+        else:
+            # A pretrained model must come out intact: keep post_init() from initialising it again.
+            for part in itertools.chain(model.modules(), model.parameters(), model.buffers()):
+                part._is_hf_initialized = True
+        config.inner_config._attn_implementation = model.config._attn_implementation
+        model.config = config.inner_config
+        self.model = model
+        method = get_symmetrization(config.symmetrization)
+        # the method's input-dependent copy weights (a module: its parameters, if any, are the wrapper's own)
+        self.copy_weights = method.weights(config, **(config.method_options or {})) if method.weights else None
+        if self.copy_weights is not None and self.copy_weights.uses_hidden_states:
+            raise ValueError(
+                f"symmetrization {config.symmetrization!r} weighs copies by the inner model's hidden states, which "
+                f"the image wrappers do not provide; choose a method whose weights read the copies' scores only"
+            )
+        self.post_init()
+
+    def _init_weights(self, module):
+        """Modules of the inner model missing from a checkpoint are initialised as the inner model would; the
+        method's copy weights initialise themselves."""
+        if any(module is m for m in self.model.modules()):
+            self.model._init_weights(module)
+
+    @property
+    def plan(self) -> ElementPlan:
+        return image_plan(self.config.symmetrization, [f.order for f in self.config.factors])
+
+    @property
+    def num_copies(self) -> int:
+        """Copies per image: prod |Gi| for equitune, sum |Gi| for multi_equitune, 1 for canonicalize, ...; fewer
+        distinct inner rows when some are equal and `config.deduplicate` is set."""
+        return self.plan.num_copies
+
+    def inner_rows(self, pixel_values: torch.Tensor) -> InnerRows:
+        return InnerRows(pixel_values, self.config.factors, self.plan, self.config.deduplicate)
+
+    def symmetrised(self, rows: InnerRows, scores: torch.Tensor, pooled: bool = False) -> torch.Tensor:
+        """The configured method over the inner rows' scores [U, L] -> [B, L]; `pooled`: features averaged with
+        the plan's fixed weights."""
+        return combine(scores, rows.inverse, self.plan, self.config.average, self.copy_weights, pooled)
+
+    @classmethod
+    def from_base_model(cls, model: PreTrainedModel, groups, symmetrization: str = DEFAULT_SYMMETRIZATION,
+                        average: str = "probs", **options):
+        """Wrap an in-memory model; its weights are shared. `options` are further `EquivariantVisionConfig`
+        settings (`method_options`, `deduplicate`)."""
+        if isinstance(model, EquivariantVisionPreTrainedModel):
+            raise ValueError("the model is already invariant; wrap its inner model (`.model`) instead")
+        if not isinstance(model, PreTrainedModel):
+            raise TypeError(f"expected a transformers PreTrainedModel, got {type(model).__name__}")
+        config = EquivariantVisionConfig(
+            inner_config=model.config,
+            groups=[f.to_dict() for f in resolve_image_groups(groups)],
+            symmetrization=symmetrization,
+            average=average,
+            **{"base_model": model.name_or_path or None, **options},
+        )
+        return cls(config, model=model)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, groups=None, **kwargs):
+        """Load a saved invariant model, or a plain checkpoint made invariant with `groups=[...]`.
+
+        `symmetrization`, `method_options`, `average` and `deduplicate` given as keywords override the saved
+        choice; the remaining keywords go to the inner model's loading, as in transformers.
+        """
+        hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+        config = kwargs.pop("config", None) or AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        options = {k: kwargs.pop(k) for k in CONFIG_OPTIONS if k in kwargs}
+        if config.model_type == EquivariantVisionConfig.model_type:
+            if groups is not None:
+                raise ValueError(
+                    f"{pretrained_model_name_or_path} is already invariant (groups "
+                    f"{[f.name for f in config.factors]}); load it without groups=, or load its base model"
+                )
+            config = EquivariantVisionConfig(**{**config.to_dict(), **options}) if options else config
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+        if groups is None:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} is a plain {config.model_type} checkpoint: pass groups=[...] "
+                f"(e.g. ['rot90', 'hflip']) to make it invariant"
+            )
+        model = cls.auto_model_class.from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        return cls.from_base_model(model, groups, **options)
+
+    def model_card(self, tags: list[str] | None = None):
+        """The model card (`huggingface_hub.ModelCard`): base model, groups, method and its cost."""
+        from .modelcard import vision_model_card
+
+        return vision_model_card(self.config, type(self).__name__, tags=[*(self.model_tags or []), *(tags or [])])
+
+    def save_pretrained(self, save_directory, is_main_process: bool = True, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus a README.md model card (merged into one the user wrote)."""
+        from .modelcard import save_model_card
+
+        super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
+        if is_main_process:
+            save_model_card(self.model_card(), os.path.join(save_directory, "README.md"))
+
+
+class EquivariantModelForImageClassification(EquivariantVisionPreTrainedModel):
+    """An image classifier whose logits are invariant to the groups: logits(g . x) = logits(x) for every g."""
+
+    auto_model_class = AutoModelForImageClassification
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ImageClassifierOutput:
+        """Symmetrised logits ([B, num_labels]; with average="probs" their softmax is the averaged distribution)
+        and, given `labels`, the inner model's loss on them."""
+        rows = self.inner_rows(pixel_values)
+        logits = self.symmetrised(rows, self.model(pixel_values=rows.rows).logits)
+        loss = None if labels is None else self.loss_function(labels, logits, self.model.config)
+        return ImageClassifierOutput(loss=loss, logits=logits)
+
+
+class EquivariantCLIPModel(EquivariantVisionPreTrainedModel):
+    """A CLIP model whose image side is invariant: logits_per_image, image_embeds and get_image_features are the
+    same for g . x as for x, so zero-shot classification is too. The text side is the inner model's."""
+
+    auto_model_class = AutoModelForZeroShotImageClassification
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+
+    def __init__(self, config: EquivariantVisionConfig, model: PreTrainedModel | None = None):
+        if config.inner_config.model_type != "clip":
+            raise ValueError(
+                f"EquivariantCLIPModel wraps CLIP models, got a {config.inner_config.model_type} model: its image-text "
+                f"scores (SigLIP: sigmoid with a bias) and loss are not handled here"
+            )
+        super().__init__(config, model)
+
+    def get_text_features(self, input_ids, attention_mask=None, position_ids=None) -> BaseModelOutputWithPooling:
+        return self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask,
+                                            position_ids=position_ids)
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> BaseModelOutputWithPooling:
+        """pooler_output: the projected image features averaged over the copies with the plan's fixed weights
+        (input-dependent weights such as equizero's need texts to score the copies), an invariant embedding."""
+        rows = self.inner_rows(pixel_values)
+        features = self.model.get_image_features(pixel_values=rows.rows).pooler_output
+        return BaseModelOutputWithPooling(pooler_output=self.symmetrised(rows, features, pooled=True))
+
+    def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None,
+                return_loss: bool | None = None) -> CLIPOutput:
+        """As `CLIPModel.forward`; logits_per_image ([B images, T texts]) are the symmetrised image-text logits
+        (with average="probs" the log of the copies' mean softmax over the texts)."""
+        text = self.get_text_features(input_ids, attention_mask, position_ids).pooler_output
+        text_embeds = text / text.norm(p=2, dim=-1, keepdim=True)
+        rows = self.inner_rows(pixel_values)
+        features = self.model.get_image_features(pixel_values=rows.rows).pooler_output
+        scores = self.model.logit_scale.exp() * (features / features.norm(p=2, dim=-1, keepdim=True)) @ text_embeds.t()
+        logits_per_image = self.symmetrised(rows, scores)
+        image = self.symmetrised(rows, features, pooled=True)
+        logits_per_text = logits_per_image.t()
+        return CLIPOutput(
+            loss=image_text_contrastive_loss(logits_per_text) if return_loss else None,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image / image.norm(p=2, dim=-1, keepdim=True),
+        )

@@ -1,0 +1,45 @@
+"""The protocol every symmetry group of the library follows, whatever it acts on (token ids or pixels).
+
+A group G with elements g_0 = e, g_1, ..., g_{|G|-1} gives
+- `elements`: the elements, identity first (`order` = |G|);
+- `act(x, index)`: its action on inputs, the copies g_k . x for the element indices `index` ([K] long),
+  stacked copy-major as [K, *x.shape];
+- `output_permutations()`: its action on outputs. For outputs indexed by a vocabulary, the [|G|, V] table
+  p with (g_k^-1 . y)[..., v] = y[..., p[k, v]] (so equitune reads copy k at column p[k, v]); None when the
+  outputs are invariant (class logits of an image, CLIP's image-text scores): then g^-1 . y = y;
+- `canonicalize(x)`: an orbit-invariant canonical form, c(g . x) = c(x) for every g, which lies in the
+  orbit of x;
+- `to_dict()` / `from_dict(data)`: a JSON form for config.json.
+
+`groups.TokenSwapGroup` (a word-swap group resolved to token ids), `image_groups.ImageGroup` (rotations and
+flips of pixel_values) and `image_groups.ImageGroupProduct` (a product of those as one group, as the
+multi-input networks use it) implement it.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class SymmetryGroup(Protocol):
+    name: str
+
+    @property
+    def elements(self) -> list: ...
+
+    @property
+    def order(self) -> int: ...
+
+    def act(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor: ...
+
+    def output_permutations(self) -> torch.Tensor | None: ...
+
+    def canonicalize(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def to_dict(self) -> dict: ...
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SymmetryGroup: ...

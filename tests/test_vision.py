@@ -1,0 +1,336 @@
+"""Vision wrappers on tiny random ViT, ResNet, ConvNeXt and CLIP models: invariance of every method for every
+element, counted inner passes, save/load, Auto classes, model card, pipelines and a Trainer step."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_image_groups import METHODS, images, oracle_elements
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import (
+    AutoModelForImageClassification,
+    AutoModelForZeroShotImageClassification,
+    CLIPConfig,
+    CLIPModel,
+    ConvNextConfig,
+    ConvNextForImageClassification,
+    PreTrainedTokenizerFast,
+    ResNetConfig,
+    ResNetForImageClassification,
+    Trainer,
+    TrainingArguments,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessor,
+    pipeline,
+)
+
+from hf_equivariant import (
+    EquivariantCLIPModel,
+    EquivariantModelForImageClassification,
+    EquivariantVisionConfig,
+    make_equivariant,
+)
+
+LABELS = {i: f"class {i}" for i in range(5)}
+GROUPS = [["rot90", "hflip"], ["hflip", "vflip"], ["rot90"]]
+
+
+def tiny_vit(seed=0):
+    torch.manual_seed(seed)
+    return ViTForImageClassification(ViTConfig(
+        image_size=8, patch_size=2, num_channels=3, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, id2label=LABELS)).eval()
+
+
+def tiny_resnet(seed=0):
+    torch.manual_seed(seed)
+    return ResNetForImageClassification(ResNetConfig(
+        num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
+        id2label=LABELS)).eval()
+
+
+def tiny_convnext(seed=0):
+    torch.manual_seed(seed)
+    return ConvNextForImageClassification(ConvNextConfig(
+        num_channels=3, num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], patch_size=2, id2label=LABELS)).eval()
+
+
+CLASSIFIERS = {"vit": tiny_vit, "resnet": tiny_resnet, "convnext": tiny_convnext}
+CAPTION_WORDS = "this is a photo of the digit cat dog 0 1 2 3 4 5 6 7 8 9 .".split()
+
+
+def caption_tokenizer():
+    """Word-level; every text ends with </s>, where CLIP's text tower pools."""
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<s>", "</s>", *CAPTION_WORDS])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>",
+                                   eos_token="</s>", model_max_length=16)
+
+
+def tiny_clip(seed=0):
+    torch.manual_seed(seed)
+    text = dict(vocab_size=4 + len(CAPTION_WORDS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=32, max_position_embeddings=16, pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    vision = dict(image_size=8, patch_size=2, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=32)
+    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).eval()
+
+
+def pixels(seed=0):
+    """Generic images and images fixed by some element, 3 channels, 8x8."""
+    return images(seed, size=8).repeat(1, 2, 1, 1)[:, :3]
+
+
+class RowCounter:
+    """Counts the image rows the inner model computes (a forward pre-hook on it)."""
+
+    def __init__(self, module):
+        self.rows = 0
+        module.register_forward_pre_hook(self.count, with_kwargs=True)
+
+    def count(self, module, args, kwargs):
+        self.rows += (args[0] if args else kwargs["pixel_values"]).shape[0]
+
+
+@pytest.mark.parametrize("architecture", sorted(CLASSIFIERS))
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kinds", GROUPS, ids="x".join)
+def test_classifier_logits_are_invariant_to_every_element(architecture, method, kinds):
+    base = CLASSIFIERS[architecture]()
+    model = make_equivariant(base, kinds, symmetrization=method).eval()
+    assert isinstance(model, EquivariantModelForImageClassification)
+    x = pixels()
+    with torch.no_grad():
+        y = model(x).logits
+        for element in oracle_elements(kinds):
+            torch.testing.assert_close(model(element(x)).logits, y, atol=1e-4, rtol=0)
+        moved = oracle_elements(kinds)[1](x)
+        assert (base(moved).logits - base(x).logits).abs().max() > 1e-3  # negative control
+
+
+def test_inner_passes_counted():
+    base = tiny_vit()
+    x = torch.randn(3, 3, 8, 8)  # generic images
+    counts = {}
+    for method in METHODS:
+        for deduplicate in (False, True):
+            model = make_equivariant(base, ["rot90", "hflip"], symmetrization=method)
+            model.config.deduplicate = deduplicate
+            counter = RowCounter(model.model)
+            with torch.no_grad():
+                model(x)
+            counts[method, deduplicate] = counter.rows / 3
+    expected = {"equitune": (8, 8), "equizero": (8, 8), "multi_equitune": (6, 5), "multi_equizero": (6, 5),
+                "canonicalize": (1, 1)}  # the multi design's canonical image is in both branches
+    assert {m: (counts[m, False], counts[m, True]) for m in METHODS} == expected
+    assert [make_equivariant(base, ["rot90", "hflip"], symmetrization=m).num_copies for m in METHODS] == [8, 6, 8, 6, 1]
+    assert make_equivariant(base, ["rot90", "hflip"]).num_copies == 6
+    assert make_equivariant(base, ["rot90", "hflip"], symmetrization="equitune").num_copies == 8
+
+
+def test_save_load_auto_classes_and_card(tmp_path):
+    method = "multi_equizero"
+    model = make_equivariant(tiny_vit(), ["rot90", "hflip"], symmetrization=method).eval()
+    x = pixels()
+    with torch.no_grad():
+        y = model(x).logits
+    model.save_pretrained(tmp_path / "eq")
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "eq")
+    assert isinstance(loaded, EquivariantModelForImageClassification)
+    assert loaded.config.symmetrization == method and [f.kind for f in loaded.config.factors] == ["rot90", "hflip"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, y, atol=0, rtol=0)
+    card = (tmp_path / "eq" / "README.md").read_text()
+    assert "pipeline_tag: image-classification" in card and f"**{method}**" in card and "**6**" in card
+    other = EquivariantModelForImageClassification.from_pretrained(tmp_path / "eq", symmetrization="equitune")
+    assert other.config.symmetrization == "equitune" and other.num_copies == 8
+    # a plain checkpoint made invariant on load
+    tiny_vit().save_pretrained(tmp_path / "plain")
+    from_base = EquivariantModelForImageClassification.from_pretrained(tmp_path / "plain", groups=["rot90", "hflip"],
+                                                                       symmetrization=method).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(from_base(x).logits, y, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="plain vit checkpoint: pass groups="):
+        EquivariantModelForImageClassification.from_pretrained(tmp_path / "plain")
+    with pytest.raises(ValueError, match="already invariant"):
+        EquivariantModelForImageClassification.from_pretrained(tmp_path / "eq", groups=["hflip"])
+    with pytest.raises(ValueError, match="already invariant"):
+        make_equivariant(model, ["hflip"])
+    with pytest.raises(ValueError, match="EquivariantCLIPModel wraps CLIP models, got a vit model"):
+        EquivariantCLIPModel.from_base_model(tiny_vit(), ["hflip"])
+    with pytest.raises(ValueError, match="the config has no groups"):
+        EquivariantModelForImageClassification(EquivariantVisionConfig(inner_config=tiny_vit().config))
+    with pytest.raises(ValueError, match="unknown symmetrization 'canon', choose one of .*'multi_equitune'"):
+        make_equivariant(tiny_vit(), ["hflip"], symmetrization="canon")
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    return Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+
+PIL_ELEMENTS = [None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270,
+                Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.TRANSPOSE,
+                Image.Transpose.TRANSVERSE]  # the dihedral group D4 on PIL images
+
+
+def processor():
+    return ViTImageProcessor(do_resize=False, do_rescale=True, do_normalize=True, image_mean=[0.5] * 3,
+                             image_std=[0.5] * 3)
+
+
+def test_image_classification_pipeline_is_invariant():
+    model = make_equivariant(tiny_vit(), ["rot90", "hflip"]).eval()
+    classify = pipeline("image-classification", model=model, image_processor=processor(), top_k=5)
+    base = pipeline("image-classification", model=model.model, image_processor=processor(), top_k=5)
+    image = to_pil(torch.rand(3, 8, 8))
+    reference = {r["label"]: r["score"] for r in classify(image)}
+    assert set(reference) == set(LABELS.values())
+    plain = []
+    for transpose in PIL_ELEMENTS:
+        moved = image if transpose is None else image.transpose(transpose)
+        scores = {r["label"]: r["score"] for r in classify(moved)}
+        assert all(abs(scores[label] - reference[label]) <= 1e-4 for label in reference)
+        plain.append(base(moved)[0]["score"])
+    assert max(plain) - min(plain) > 1e-3  # negative control
+
+
+def test_trainer_step_then_still_invariant(tmp_path):
+    from datasets import Dataset
+
+    model = make_equivariant(tiny_resnet(), ["rot90", "hflip"])
+    torch.manual_seed(0)
+    data = Dataset.from_dict({"pixel_values": torch.randn(8, 3, 8, 8).tolist(), "labels": list(range(5)) + [0, 1, 2]})
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, report_to=[],
+                             use_cpu=True, learning_rate=1e-2, save_strategy="no")
+    result = Trainer(model=model, args=args, train_dataset=data).train()
+    assert np.isfinite(result.training_loss)
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+    model.eval()
+    x = pixels()
+    with torch.no_grad():
+        y = model(x).logits
+        for element in oracle_elements(["rot90", "hflip"]):
+            torch.testing.assert_close(model(element(x)).logits, y, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_clip_image_side_is_invariant(method):
+    base = tiny_clip()
+    model = make_equivariant(base, ["rot90", "hflip"], symmetrization=method).eval()
+    assert isinstance(model, EquivariantCLIPModel)
+    tokenizer = caption_tokenizer()
+    texts = tokenizer([f"a photo of the digit {d}" for d in range(4)], return_tensors="pt", padding=True)
+    x = pixels()
+    with torch.no_grad():
+        reference = model(**texts, pixel_values=x)
+        features = model.get_image_features(x).pooler_output
+        assert reference.logits_per_image.shape == (x.shape[0], 4)
+        torch.testing.assert_close(reference.logits_per_text, reference.logits_per_image.t())
+        for element in oracle_elements(["rot90", "hflip"]):
+            out = model(**texts, pixel_values=element(x))
+            torch.testing.assert_close(out.logits_per_image, reference.logits_per_image, atol=1e-4, rtol=0)
+            torch.testing.assert_close(out.image_embeds, reference.image_embeds, atol=1e-4, rtol=0)
+            torch.testing.assert_close(model.get_image_features(element(x)).pooler_output, features, atol=1e-4, rtol=0)
+        moved = oracle_elements(["rot90", "hflip"])[1](x)
+        assert (base(**texts, pixel_values=moved).logits_per_image
+                - base(**texts, pixel_values=x).logits_per_image).abs().max() > 1e-3  # negative control
+        torch.testing.assert_close(model.get_text_features(**texts).pooler_output,
+                                   base.get_text_features(**texts).pooler_output)
+
+
+def test_clip_zero_shot_pipeline_save_load_and_loss(tmp_path):
+    model = make_equivariant(tiny_clip(), ["rot90", "hflip"], symmetrization="multi_equizero").eval()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForZeroShotImageClassification.from_pretrained(tmp_path)
+    assert isinstance(loaded, EquivariantCLIPModel)
+    assert "pipeline_tag: zero-shot-image-classification" in (tmp_path / "README.md").read_text()
+    classify = pipeline("zero-shot-image-classification", model=loaded, tokenizer=caption_tokenizer(),
+                        image_processor=processor())
+    labels = [str(d) for d in range(4)]
+    template = "a photo of the digit {}"
+    image = to_pil(torch.rand(3, 8, 8))
+    reference = {r["label"]: r["score"] for r in classify(image, candidate_labels=labels, hypothesis_template=template)}
+    for transpose in PIL_ELEMENTS[1:]:
+        scores = {r["label"]: r["score"] for r in classify(image.transpose(transpose), candidate_labels=labels,
+                                                           hypothesis_template=template)}
+        assert all(abs(scores[label] - reference[label]) <= 1e-4 for label in labels)
+    texts = caption_tokenizer()([template.format(d) for d in labels], return_tensors="pt", padding=True)
+    out = model(**texts, pixel_values=pixels()[:4], return_loss=True)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert model.model.visual_projection.weight.grad.abs().sum() > 0
+
+
+def test_real_clip_example_runs_on_local_folders(tmp_path):
+    """examples/vision_clip_zero_shot.py (the real-CLIP command) on a saved tiny CLIP and an image folder."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import vision_clip_zero_shot
+
+    tiny_clip().save_pretrained(tmp_path / "clip")
+    caption_tokenizer().save_pretrained(tmp_path / "clip")
+    processor().save_pretrained(tmp_path / "clip")
+    torch.manual_seed(0)
+    for label in ("cat", "dog"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(3):
+            to_pil(torch.rand(3, 8, 8)).save(tmp_path / "images" / label / f"{i}.png")
+    table = vision_clip_zero_shot.main(["--model", str(tmp_path / "clip"), "--dataset", "imagefolder", "--data-dir",
+                                        str(tmp_path / "images"), "--split", "train", "--samples", "0"])
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in table.splitlines()[4:]}
+    assert set(rows) == {"plain", *METHODS}
+    assert rows["equitune"][1] == "8.00" and rows["plain"][1] == "1.00"
+    for method in METHODS:
+        assert rows[method][2] == rows[method][3]  # upright and moved accuracy agree: invariant
+
+
+def test_digits_experiment_smoke_run(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import vision_digits
+
+    out = tmp_path / "vision.md"
+    vision_digits.main(["--seeds", "0", "1", "--epochs", "1", "--clip-epochs", "1", "--fine-tune-epochs", "1",
+                        "--train-samples", "60", "--test-samples", "24", "--out", str(out)])
+    text = out.read_text()
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.splitlines()
+            if line.startswith("| ") and "±" in line}
+    assert {"plain", *METHODS} <= set(rows)
+    for section in text.split("## ")[1:3]:  # the classifier and CLIP tables: invariant methods agree upright/moved
+        for line in section.splitlines():
+            cells = line.split(" | ")
+            if len(cells) == 6 and cells[0].strip("| ") in METHODS:
+                assert cells[3] == cells[4], line
+    assert "| equitune | 8 | 8.00 |" in text and "| multi_equitune | 6 | 5.00 |" in text
+    assert (tmp_path / "raw" / "vision.json").exists()
+
+
+def test_methods_reading_hidden_states_are_refused_for_images():
+    from hf_equivariant.methods import (
+        SYMMETRIZATIONS,
+        CopyWeights,
+        SymmetrizationMethod,
+        full_product_plan,
+        register_symmetrization,
+    )
+
+    class HiddenStateWeights(CopyWeights):
+        uses_hidden_states = True
+
+        def __init__(self, config=None):
+            super().__init__()
+
+    register_symmetrization(SymmetrizationMethod("test_hidden", full_product_plan, "-", "test", HiddenStateWeights))
+    try:
+        with pytest.raises(ValueError, match="'test_hidden' weighs copies by the inner model's hidden states"):
+            make_equivariant(tiny_vit(), ["hflip"], symmetrization="test_hidden")
+    finally:
+        del SYMMETRIZATIONS["test_hidden"]
