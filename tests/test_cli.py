@@ -95,9 +95,11 @@ def test_help_imports_neither_torch_nor_transformers(command):
 
 @pytest.mark.parametrize("command, shown", [
     ([], ["make a pretrained HuggingFace language model exactly equivariant", "generate", "groups", "serve"]),
-    (["generate"], ["{equitune,multi_equitune,equizero,multi_equizero,canonicalize}", "(default: multi_equitune)", "(default: 20)", "scan_ii",
+    (["generate"], ["{equitune,multi_equitune,equizero,multi_equizero,canonicalize}", "(default: multi_equitune)",
+                    "(default: 20)", "scan_ii",
                     "(default: word)", "{log_probs,logits,probs}"]),
-    (["fairness"], ["gender, race, sexual_orientation, religion", "(default: gender,race)", "(default: equitune,multi_equitune)",
+    (["fairness"], ["gender, race, sexual_orientation, religion", "(default: gender,race)",
+                    "(default: equitune,multi_equitune)",
                     "(default: 10)"]),
     (["scan"], ["addprim_jump,addprim_turn_left", "scan_ii}", "(default: addprim_jump)", "(default: 0,1,2)",
                 "scan_ii for --split scan_ii"]),

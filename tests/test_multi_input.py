@@ -9,7 +9,13 @@ import torch
 from torch import nn
 
 from hf_equivariant import ImageGroup
-from hf_equivariant.experiments.multi_input import ISLayer, MultiInputEquivariantNet, MultiInputLayer, equitune, symmetrize
+from hf_equivariant.experiments.multi_input import (
+    ISLayer,
+    MultiInputEquivariantNet,
+    MultiInputLayer,
+    equitune,
+    symmetrize,
+)
 
 C4, C2, FLIP, VFLIP = ImageGroup("rot90"), ImageGroup("rot180"), ImageGroup("hflip"), ImageGroup("vflip")
 
