@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .image_groups import PixelAction
+from ..image_groups import PixelAction
 
 
 def orbit(group: PixelAction, x: torch.Tensor) -> torch.Tensor:
