@@ -166,6 +166,14 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         tensors = (plan.support, lookup, plan.input_maps, plan.weights, plan.mixing, before, after)
         return dict(zip(PLAN_BUFFERS, tensors))
 
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """False: the wrapper initialises with `transformers.initialization` and ties parameters only, as the library's
+        models do. (transformers passes a custom-code flag down to the inner model on load, whose `_init_weights`
+        is then skipped for modules without parameters of their own, leaving the non-persistent buffers they fill,
+        like FalconH1's `mup_vector`, uninitialised.)"""
+        return False
+
     def _init_weights(self, module):
         # The plan buffers are not saved; from_pretrained leaves them empty and relies on this to refill them.
         if module is self:
