@@ -19,8 +19,8 @@ from conftest import (
     PROMPTS,
     RACE_CLASSES,
     SEQ2SEQ_ARCHITECTURES,
+    ActionOracle,
     all_elements,
-    element_permutation,
     tiny_gpt2,
 )
 from huggingface_hub import HfApi
@@ -109,8 +109,9 @@ def test_resized_vocabulary_gets_a_new_plan_and_round_trips(tokenizer, architect
 
     reference = logits(model, ids)
     assert reference.shape[-1] == vocab_size
+    oracle = ActionOracle(tokenizer, [GENDER_CLASSES, RACE_CLASSES], vocab_size, "token")
     for g in all_elements([GENDER_CLASSES, RACE_CLASSES]):
-        p = element_permutation(tokenizer, [GENDER_CLASSES, RACE_CLASSES], g, vocab_size=vocab_size)
+        p = oracle.permutation(g)
         torch.testing.assert_close(logits(model, p[ids])[..., p], reference, atol=1e-4, rtol=1e-4)
     model.save_pretrained(tmp_path)
     loaded = type(model).from_pretrained(tmp_path)
