@@ -347,12 +347,19 @@ class EquivariantCommonTester:
     def _test_dtype_cast(self, case: Case):
         """Casting the wrapper casts the inner model only: the plan's weights stay in float32, where combine()
         computes, and the model stays equivariant within the dtype's rounding (right padding: no position
-        attends to nothing, which gives NaN scores at left pads in some architectures)."""
+        attends to nothing, which gives NaN scores at left pads in some architectures). Where the inner model
+        itself gives NaN scores at real positions in that dtype (Gemma-2 in float64), the check is an xfail."""
         cast, dtype, tolerance = CASTS[case.setting.cast]
         model = cast(self.wrap(case, base=case.make_base()))
         assert model.model.dtype == dtype
         assert model.plan_weights.dtype == model.plan_mixing.dtype == torch.float32
         inputs = self.forward_inputs(case, "right")
+        real = inputs["attention_mask"].bool() if not case.seq2seq else slice(None)
+        with torch.no_grad():
+            inner = model.model(**inputs).logits[real]
+        if torch.isnan(inner).any():  # as for caches: assert nothing the inner model cannot give
+            pytest.xfail(f"the inner {case.base.config.model_type} model gives NaN scores in {dtype} on this padded "
+                         f"batch by itself")
         errors = self.equivariance_errors(model, case, inputs, case.vocab.elements())
         assert max(errors.values()) <= tolerance, errors
 
