@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 
@@ -46,7 +47,9 @@ UNBATCHED = frozenset({"cache_position", "logits_to_keep"})  # tensors over posi
 # `action` has its own argument (changing it may need the tokenizer); `token_boundaries` follows from it.
 CONFIG_OPTIONS = tuple(name for name in EquivariantConfig.__annotations__
                        if name not in ("text_config", "groups", "action", "token_boundaries"))
-SPECIAL_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+# Token ids generate() uses as they are (starts, stops, pads or forces with them), never as g·id.
+SPECIAL_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "forced_bos_token_id",
+                     "forced_eos_token_id")
 
 
 def word_action(factors, tokenizer, vocab_size: int, action: str):
@@ -142,24 +145,30 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         self.post_init()
 
     def _refuse_moved_special_tokens(self):
-        """Refuse a group that moves a bos, eos, pad or decoder-start token of the inner config or generation config.
+        """Refuse a group that moves a special token (`SPECIAL_TOKEN_IDS`: bos, eos, pad, decoder start, forced
+        bos/eos) of the inner config or generation config.
 
-        generate() starts with, stops at and pads with these ids as they are, never as g·id, so with
+        generate() starts with, stops at, pads or forces these ids as they are, never as g·id, so with
         such a token in an orbit M(g·x) = g·M(x) would fail for generated sequences.
         """
-        moved = {t: (f.name, orbit) for f in self.config.factors for orbit in f.orbits for t in orbit}
         sources = (self.model.config, self.model.generation_config, self.generation_config)
         for source in filter(None, sources):
-            for name in SPECIAL_TOKEN_IDS:
-                value = getattr(source, name, None)
-                for token in value if isinstance(value, (list, tuple)) else [value]:
-                    if token in moved:
-                        group, orbit = moved[token]
-                        raise ValueError(
-                            f"{type(source).__name__}.{name} = {value!r} holds token {token}, which group {group!r} "
-                            f"moves (orbit {list(orbit)}): generation uses it unmoved, so the model would not be "
-                            f"equivariant; take its word out of the group or give the model another {name}"
-                        )
+            self._refuse_moved_ids({name: getattr(source, name, None) for name in SPECIAL_TOKEN_IDS},
+                                   f"{type(source).__name__}.")
+
+    def _refuse_moved_ids(self, values: dict, where: str) -> None:
+        """Raise if a token id of `values` ({name: id or list of ids}, read from `where`) is moved by a group."""
+        moved = {t: (f, c, orbit) for f in self.config.factors for orbit in f.orbits for c, t in enumerate(orbit)}
+        for name, value in values.items():
+            for token in value if isinstance(value, (list, tuple)) else [value]:
+                if token in moved:
+                    group, c, orbit = moved[token]
+                    raise ValueError(
+                        f"{where}{name} = {value!r} holds token {token}, which group {group.name!r} moves (orbit "
+                        f"{list(orbit)}; the token is a form of a word of class {c}, {list(group.classes[c])}): "
+                        f"generation uses it unmoved, so the model would not be equivariant; take its word out of "
+                        f"the group or use another {name}"
+                    )
 
     def _plan_tensors(self) -> dict[str, torch.Tensor]:
         vocab_size = self.config.text_config.get_text_config(decoder=True).vocab_size
@@ -170,6 +179,14 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         keys = class_keys(self.config.factors, vocab_size)
         tensors = (plan.support, lookup, plan.input_maps, plan.weights, plan.mixing, plan.branches, keys, before, after)
         return dict(zip(PLAN_BUFFERS, tensors))
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """False: the wrapper initialises with `transformers.initialization` and ties parameters only, as the library's
+        models do. (transformers passes a custom-code flag down to the inner model on load, whose `_init_weights`
+        is then skipped for modules without parameters of their own, leaving the non-persistent buffers they fill,
+        like FalconH1's `mup_vector`, uninitialised.)"""
+        return False
 
     def _init_weights(self, module):
         # The plan buffers are not saved; from_pretrained leaves them empty and relies on this to refill them.
@@ -228,11 +245,16 @@ class EquivariantPreTrainedModel(PreTrainedModel):
             )
 
     def generate(self, *args, **kwargs):
-        """`GenerationMixin.generate`. With the word action it refuses the modes that score tokens it has not
-        generated itself (an assistant's or prompt-lookup candidates, prefill chunks): they would be read
-        with the next token in view and escape the glue mask."""
+        """`GenerationMixin.generate`. It refuses special token ids (`SPECIAL_TOKEN_IDS`, given as keywords or
+        in a `generation_config`) that a group moves, as wrapping does for the model's own. With the word
+        action it refuses the modes that score tokens it has not generated itself (an assistant's or
+        prompt-lookup candidates, prefill chunks): they would be read with the next token in view and
+        escape the glue mask."""
+        config = kwargs.get("generation_config") or self.generation_config
+        self._refuse_moved_ids({name: getattr(config, name, None) for name in SPECIAL_TOKEN_IDS},
+                               f"generate(): {type(config).__name__}.")
+        self._refuse_moved_ids({name: kwargs[name] for name in SPECIAL_TOKEN_IDS if name in kwargs}, "generate(): ")
         if self.acts_on_words:
-            config = kwargs.get("generation_config") or self.generation_config
             refused = [name for name in ("assistant_model", "prompt_lookup_num_tokens", "prefill_chunk_size")
                        if kwargs.get(name) is not None or getattr(config, name, None) is not None]
             if refused:
@@ -576,14 +598,25 @@ class EquivariantPreTrainedModel(PreTrainedModel):
     ) -> str:
         """Upload the model with its equivariant model card.
 
-        Same arguments as `PreTrainedModel.push_to_hub`, whose generic card would replace ours.
+        Same arguments as `PreTrainedModel.push_to_hub`, whose generic card would replace ours. A README.md
+        the user has on the Hub (at `revision`) is kept, with the groups section merged into it, as
+        `save_pretrained` does with a local one.
         """
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import RemoteEntryNotFoundError, RevisionNotFoundError
         from transformers.utils.hub import hf_api
+
+        from .modelcard import save_model_card
 
         repo_id = hf_api().create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory() as tmp_dir:
             self.save_pretrained(tmp_dir, max_shard_size=max_shard_size)
-            self.model_card(tags, repo_id=repo_id).save(os.path.join(tmp_dir, "README.md"))
+            readme = os.path.join(tmp_dir, "README.md")
+            try:  # the card on the Hub, if there is one, takes the place of the one save_pretrained wrote
+                shutil.copy(hf_hub_download(repo_id, "README.md", revision=revision, token=token), readme)
+            except (RemoteEntryNotFoundError, RevisionNotFoundError):
+                pass
+            save_model_card(self.model_card(tags, repo_id=repo_id), readme)
             return self._upload_modified_files(
                 tmp_dir,
                 repo_id,

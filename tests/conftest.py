@@ -21,6 +21,8 @@ from transformers import (
     BartForConditionalGeneration,
     BloomConfig,
     BloomForCausalLM,
+    FalconConfig,
+    FalconForCausalLM,
     FalconH1Config,
     FalconH1ForCausalLM,
     FalconMambaConfig,
@@ -29,10 +31,26 @@ from transformers import (
     Gemma2ForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    Mamba2Config,
+    Mamba2ForCausalLM,
     MambaConfig,
     MambaForCausalLM,
+    MarianConfig,
+    MarianMTModel,
+    MistralConfig,
+    MistralForCausalLM,
+    MT5Config,
+    MT5ForConditionalGeneration,
+    NemotronHConfig,
+    NemotronHForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
+    PegasusConfig,
+    PegasusForConditionalGeneration,
     Phi3Config,
     Phi3ForCausalLM,
     PhimoeConfig,
@@ -44,9 +62,11 @@ from transformers import (
     Qwen3ForCausalLM,
     T5Config,
     T5ForConditionalGeneration,
+    Zamba2Config,
+    Zamba2ForCausalLM,
 )
 
-from hf_equivariant import WordSwapGroup
+from hf_equivariant import EquivariantModelForCausalLM, EquivariantModelForSeq2SeqLM, WordSwapGroup
 
 SPECIAL = ["<pad>", "<unk>", "<s>", "</s>"]
 WORDS = (
@@ -98,6 +118,15 @@ def orientation():
     return WordSwapGroup("orientation", ORIENTATION_CLASSES)
 
 
+def wrap(base, tokenizer, groups=None, **options):
+    """The one way tests wrap a model: `groups` (default gender x race) with `tokenizer`, and any
+    `from_base_model` option (symmetrization, average, action, deduplicate, ...)."""
+    cls = EquivariantModelForSeq2SeqLM if base.config.is_encoder_decoder else EquivariantModelForCausalLM
+    if groups is None:
+        groups = [WordSwapGroup("gender", GENDER_CLASSES), WordSwapGroup("race", RACE_CLASSES)]
+    return cls.from_base_model(base, groups, tokenizer, **options).eval()
+
+
 # A large initializer_range gives peaked, varied predictions, so that generations contain group words.
 def tiny_gpt2(vocab_size: int, seed: int = 0) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
@@ -118,13 +147,13 @@ def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
-def tiny_t5(vocab_size: int, seed: int = 0) -> T5ForConditionalGeneration:
+def tiny_t5(vocab_size: int, seed: int = 0, config_class=T5Config, model_class=T5ForConditionalGeneration):
     torch.manual_seed(seed)
-    config = T5Config(
+    config = config_class(
         vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=2, pad_token_id=0,
         eos_token_id=3, decoder_start_token_id=0, dropout_rate=0.0,
     )
-    model = T5ForConditionalGeneration(config).eval()
+    model = model_class(config).eval()
     with torch.no_grad():  # T5's own initialisation gives one repeated token in generation
         for name, param in model.named_parameters():
             if "layer_norm" not in name:
@@ -132,15 +161,27 @@ def tiny_t5(vocab_size: int, seed: int = 0) -> T5ForConditionalGeneration:
     return model
 
 
-def tiny_bart(vocab_size: int, seed: int = 0) -> BartForConditionalGeneration:
+def tiny_bart(vocab_size: int, seed: int = 0, config_class=BartConfig, model_class=BartForConditionalGeneration):
     torch.manual_seed(seed)
-    config = BartConfig(
+    config = config_class(
         vocab_size=vocab_size, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
         decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
         pad_token_id=0, bos_token_id=2, eos_token_id=3, decoder_start_token_id=3, init_std=0.5, dropout=0.0,
         attention_dropout=0.0, activation_dropout=0.0,
     )
-    return BartForConditionalGeneration(config).eval()
+    return model_class(config).eval()
+
+
+def tiny_mt5(vocab_size: int, seed: int = 0):
+    return tiny_t5(vocab_size, seed, MT5Config, MT5ForConditionalGeneration)
+
+
+def tiny_pegasus(vocab_size: int, seed: int = 0):  # BART's layout with sinusoidal positions, pre-norm layers
+    return tiny_bart(vocab_size, seed, PegasusConfig, PegasusForConditionalGeneration)
+
+
+def tiny_marian(vocab_size: int, seed: int = 0):
+    return tiny_bart(vocab_size, seed, MarianConfig, MarianMTModel)
 
 
 def tiny(config_class, model_class, vocab_size: int, seed: int = 0, **fields):
@@ -206,14 +247,57 @@ def tiny_falcon_h1(vocab_size: int, seed: int = 0):  # attention and Mamba-2 sid
                 mamba_d_head=8, mamba_d_state=8, mamba_chunk_size=8, **ATTENTION)
 
 
+def tiny_mistral(vocab_size: int, seed: int = 0):
+    return tiny(MistralConfig, MistralForCausalLM, vocab_size, seed, sliding_window=4, **ATTENTION)
+
+
+def tiny_gpt_neox(vocab_size: int, seed: int = 0):
+    return tiny(GPTNeoXConfig, GPTNeoXForCausalLM, vocab_size, seed, hidden_size=32, intermediate_size=64,
+                num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)
+
+
+def tiny_opt(vocab_size: int, seed: int = 0):  # learned positions offset by 2, read from the attention mask
+    torch.manual_seed(seed)
+    return OPTForCausalLM(OPTConfig(
+        vocab_size=vocab_size, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=64, word_embed_proj_dim=32, bos_token_id=2, eos_token_id=3, pad_token_id=0,
+        init_std=0.5, dropout=0.0)).eval()
+
+
+def tiny_falcon(vocab_size: int, seed: int = 0):  # rotary positions, parallel attention and MLP
+    return tiny(FalconConfig, FalconForCausalLM, vocab_size, seed, hidden_size=32, num_hidden_layers=2,
+                num_attention_heads=4)
+
+
+def tiny_mamba2(vocab_size: int, seed: int = 0):
+    return tiny(Mamba2Config, Mamba2ForCausalLM, vocab_size, seed, hidden_size=32, num_heads=4, head_dim=16,
+                state_size=8, n_groups=1, num_hidden_layers=2, chunk_size=8)
+
+
+def tiny_zamba2(vocab_size: int, seed: int = 0):  # a Mamba-2 layer, then a hybrid layer with shared attention
+    return tiny(Zamba2Config, Zamba2ForCausalLM, vocab_size, seed, hidden_size=32, num_hidden_layers=2,
+                layers_block_type=["mamba", "hybrid"], mamba_d_state=8, n_mamba_heads=4, intermediate_size=64,
+                num_attention_heads=4, num_key_value_heads=4, chunk_size=8, max_position_embeddings=64)
+
+
+def tiny_nemotron_h(vocab_size: int, seed: int = 0):  # a Mamba-2, an attention and an MLP layer
+    return tiny(NemotronHConfig, NemotronHForCausalLM, vocab_size, seed, hidden_size=32,
+                layers_block_type=["mamba", "attention", "mlp"], num_attention_heads=4, num_key_value_heads=2,
+                head_dim=8, intermediate_size=64, ssm_state_size=8, mamba_num_heads=4, mamba_head_dim=16, n_groups=1,
+                chunk_size=8, max_position_embeddings=64)
+
+
 ARCHITECTURES = {"gpt2": tiny_gpt2, "llama": tiny_llama}
 # More causal architectures, for the generation paths that differ between them (their own input preparation,
 # masks per layer type, 2-D masks with static caches, recurrent caches).
 MORE_ARCHITECTURES = {"qwen2": tiny_qwen2, "qwen3": tiny_qwen3, "gemma2": tiny_gemma2, "phi3": tiny_phi3,
                       "phimoe": tiny_phimoe, "bloom": tiny_bloom, "mamba": tiny_mamba,
-                      "falcon_mamba": tiny_falcon_mamba, "bamba": tiny_bamba, "falcon_h1": tiny_falcon_h1}
+                      "falcon_mamba": tiny_falcon_mamba, "bamba": tiny_bamba, "falcon_h1": tiny_falcon_h1,
+                      "mistral": tiny_mistral, "gpt_neox": tiny_gpt_neox, "opt": tiny_opt, "falcon": tiny_falcon,
+                      "mamba2": tiny_mamba2, "zamba2": tiny_zamba2, "nemotron_h": tiny_nemotron_h}
 ALL_ARCHITECTURES = {**ARCHITECTURES, **MORE_ARCHITECTURES}
 SEQ2SEQ_ARCHITECTURES = {"t5": tiny_t5, "bart": tiny_bart}
+ALL_SEQ2SEQ_ARCHITECTURES = {**SEQ2SEQ_ARCHITECTURES, "mt5": tiny_mt5, "pegasus": tiny_pegasus, "marian": tiny_marian}
 
 
 @pytest.fixture(params=sorted(ARCHITECTURES))
@@ -231,24 +315,6 @@ def seq2seq_model(request, seq2seq_tokenizer):
     return SEQ2SEQ_ARCHITECTURES[request.param](len(seq2seq_tokenizer))
 
 
-def element_permutation(tokenizer, class_lists, shifts, vocab_size=None) -> torch.Tensor:
-    """Independent oracle: the vocabulary permutation of the cyclic element `shifts` (one shift per factor).
-
-    Word (c, j) of a factor goes to word (c + shift, j), and so does its capitalised form where every
-    class has one; in a word-level vocabulary each of these is one token.
-    """
-    vocab = tokenizer.get_vocab()
-    perm = torch.arange(vocab_size or len(vocab))
-    for classes, shift in zip(class_lists, shifts):
-        for form in (str, lambda w: w[0].upper() + w[1:]):
-            for j in range(len(classes[0])):
-                column = [form(words[j]) for words in classes]
-                if all(w in vocab for w in column):
-                    for c, word in enumerate(column):
-                        perm[vocab[word]] = vocab[column[(c + shift) % len(column)]]
-    return perm
-
-
 def all_elements(class_lists):
     """Every element of the product of cyclic factors, as shift tuples."""
     return list(itertools.product(*(range(len(classes)) for classes in class_lists)))
@@ -260,6 +326,15 @@ def all_elements(class_lists):
 BPE_GENDER_CLASSES = [["man", "he", "his", "male", "son"], ["woman", "she", "her", "female", "daughter"]]
 BPE_FILLER = ("the a of and to was as for by worked known described job had doctor nurse teacher kind smart met saw "
               "said with")
+
+
+# Whole words and pieces: "His" starts "Hispanics", " male" starts "malevolent", " Black" starts "Blackstone",
+# "Man" starts "Manning", " he" starts "heather" and "her" ends it, "man" ends "salesman".
+BPE_MIXED_PROMPTS = ["Hispanics met the Black man", "the malevolent Blackstone saw her son",
+                     "Manning and heather, a gay salesman", "Man, he said. His White son"]
+# A whole word of every factor, so that no element but the identity fixes the prompt (no exact ties).
+BPE_TIE_FREE_PROMPTS = ["the gay Black man met Hispanics", "Manning saw the straight Asian woman",
+                        "He said: White, gay"]
 
 
 def bpe_tokenizer(padding_side: str = "left") -> PreTrainedTokenizerFast:
@@ -282,47 +357,75 @@ def bpe_tokenizer(padding_side: str = "left") -> PreTrainedTokenizerFast:
                                    eos_token="</s>", padding_side=padding_side)
 
 
-class WordActionOracle:
-    """Independent oracle of the word-level action, from decoded strings only (not the library's tables).
+class ActionOracle:
+    """Independent oracle of the group action, from decoded strings only (not the library's tables).
 
-    A token is a *whole word* when, in the decoded sequence, its text (without leading whitespace) starts and
-    ends at word edges: the characters around it are not word characters (letters, digits, combining marks,
-    or U+FFFD, which stands for a partial UTF-8 byte) or it is at an end of the text.
+    `action="word"`: a token is a *whole word* when, in the decoded sequence, its text (without leading
+    whitespace) starts and ends at word edges: the characters around it are not word characters (letters,
+    digits, combining marks, or U+FFFD, which stands for a partial UTF-8 byte) or it is at an end of the text.
     Element `shifts` (one per cyclic factor) moves the class of every whole-word token that is a form (w, " w",
     W, " W") of a listed word, where that form is one token for every class. On the scores at position t it
-    permutes the forms that would begin a word there (leading-space forms always; bare forms when the text
-    of token t ends in a non-word character). After a whole-word group token, pieces beginning with a word
-    character are impossible (-inf).
+    permutes the forms that would begin a word there (decoded after the tokens up to t, their text starts at
+    a word edge). After a whole-word group token, tokens that would continue that word (decoded right after
+    it, their text starts with a word character, with no edge before it) are impossible (-inf).
+    `action="token"`: every group token moves wherever it stands, every score column of a group token is
+    permuted at every position, and nothing is masked.
+    A word-level tokenizer decodes every token as a word of its own: there both actions are the same.
     """
 
     @staticmethod
     def word_character(character: str) -> bool:
         return character.isalnum() or character == "\ufffd" or unicodedata.category(character).startswith("M")
 
-    def __init__(self, tokenizer, class_lists, vocab_size: int):
-        self.tokenizer, self.vocab_size = tokenizer, vocab_size
+    def __init__(self, tokenizer, class_lists, vocab_size: int, action: str = "word"):
+        assert action in ("word", "token"), action
+        self.tokenizer, self.vocab_size, self.action = tokenizer, vocab_size, action
         self.orbit_of = {}  # token -> (factor, class, orbit)
         for f, classes in enumerate(class_lists):
             for j in range(len(classes[0])):
                 for form in (lambda w: w, lambda w: " " + w, lambda w: w[0].upper() + w[1:],
                              lambda w: " " + w[0].upper() + w[1:]):
                     pieces = [tokenizer.encode(form(words[j]), add_special_tokens=False) for words in classes]
-                    if all(len(p) == 1 for p in pieces):
-                        orbit = [p[0] for p in pieces]
+                    orbit = [p[0] for p in pieces if len(p) == 1]
+                    if len(set(orbit)) == len(classes) and tokenizer.unk_token_id not in orbit:
                         for c, token in enumerate(orbit):
                             self.orbit_of[token] = (f, c, orbit)
-        self.texts = [tokenizer.decode([v]) for v in range(len(tokenizer))] + [""] * (vocab_size - len(tokenizer))
-        self.starts_with_space = torch.tensor([t[:1].isspace() for t in self.texts])
-        self.continues_word = torch.tensor([bool(t) and self.word_character(t[0]) for t in self.texts])
+        self.group_tokens = sorted(self.orbit_of)
+        self.texts = [self.decode([v]) for v in range(len(tokenizer))] + [""] * (vocab_size - len(tokenizer))
+        anchor = self.group_tokens[0]  # a group word: what would continue it?
+        self.continues_word = torch.tensor([v < len(tokenizer) and self._edge_after((anchor,), v) == (True, False)
+                                            for v in range(vocab_size)])
 
-    @functools.lru_cache(maxsize=4096)  # noqa: B019 (the oracle lives as long as the test module)
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(list(ids), clean_up_tokenization_spaces=False)
+
+    def _edge_after(self, prefix: tuple, token: int):
+        """`token` read right after `prefix`: (whether its text, without leading space, starts with a word
+        character, whether a word edge precedes it); None if it adds no text."""
+        text, spans = self._spans(prefix + (token,))
+        start, end = spans[-1]
+        start += len(text[start:end]) - len(text[start:end].lstrip())
+        if start >= end:
+            return None
+        return self.word_character(text[start]), start == 0 or not self.word_character(text[start - 1])
+
+    @functools.lru_cache(maxsize=65536)  # noqa: B019 (the oracle lives as long as the test session)
     def _spans(self, ids: tuple):
-        """The decoded text, and the [start, end) characters of each token in it."""
-        text, spans = "", []
-        for t in range(len(ids)):
-            start, text = len(text), self.tokenizer.decode(ids[: t + 1], clean_up_tokenization_spaces=False)
-            spans.append((start, len(text)))
-        return text, spans
+        """The text of `ids` and the [start, end) characters of each token in it. Each token adds what decoding
+        it after its prefix adds; a partial UTF-8 byte (a token that decodes alone to U+FFFD) adds U+FFFD,
+        whatever bytes surround it, as the library reads it (a word character)."""
+        if not ids:
+            return "", ()
+        text, spans = self._spans(ids[:-1])
+        alone = self.texts[ids[-1]]
+        added = alone if "\ufffd" in alone else self.decode(ids)[len(self.decode(ids[:-1])):]
+        return text + added, spans + ((len(text), len(text) + len(added)),)
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019
+    def _begins(self, ids: tuple) -> torch.Tensor:
+        """[T, G] bool: whether group token g would begin a word right after ids[: t + 1]."""
+        return torch.tensor([[bool((self._edge_after(ids[: t + 1], v) or (0, 0))[1]) for v in self.group_tokens]
+                             for t in range(len(ids))], dtype=torch.bool).view(len(ids), len(self.group_tokens))
 
     def word_edges(self, ids) -> tuple[list[bool], list[bool]]:
         """Per position: whether a word begins where the token's text (without leading space) begins, and
@@ -336,7 +439,9 @@ class WordActionOracle:
         return begins, ends
 
     def whole_words(self, ids) -> list[bool]:
-        """Per position: a group token standing as a whole word."""
+        """Per position: a group token the action moves (standing as a whole word, for the word action)."""
+        if self.action == "token":
+            return [i in self.orbit_of for i in ids]
         begins, ends = self.word_edges(ids)
         return [i in self.orbit_of and b and e for i, b, e in zip(ids, begins, ends)]
 
@@ -344,40 +449,52 @@ class WordActionOracle:
         f, c, orbit = self.orbit_of[token]
         return orbit[(c + shifts[f]) % len(orbit)]
 
+    def permutation(self, shifts) -> torch.Tensor:
+        """[V] long: every group token moved, whatever surrounds it (the token action on a vocabulary)."""
+        return self._permutation(tuple(shifts)).clone()
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019
+    def _permutation(self, shifts: tuple) -> torch.Tensor:
+        perm = torch.arange(self.vocab_size)
+        for token in self.group_tokens:
+            perm[token] = self._move(token, shifts)
+        return perm
+
     def act(self, ids, shifts) -> list[int]:
         ids = list(ids)
         return [self._move(i, shifts) if whole else i for i, whole in zip(ids, self.whole_words(ids))]
 
     def output_permutations(self, ids, shifts) -> torch.Tensor:
         """[T, V] long: row t is the permutation p_t with M(g.x)[t, p_t[v]] = M(x)[t, v]."""
-        text, spans = self._spans(tuple(ids))
+        ids = tuple(ids)
+        columns = torch.tensor(self.group_tokens)
+        acted = torch.ones(len(ids), len(columns), dtype=torch.bool) if self.action == "token" else self._begins(ids)
         perms = torch.arange(self.vocab_size).repeat(len(ids), 1)
-        for t, (_, end) in enumerate(spans):
-            after_boundary = end == 0 or not self.word_character(text[end - 1])
-            for token in self.orbit_of:
-                if self.starts_with_space[token] or after_boundary:
-                    perms[t, token] = self._move(token, shifts)
+        perms[:, columns] = torch.where(acted, self._permutation(tuple(shifts))[columns], columns)
         return perms
 
     def glued(self, ids) -> torch.Tensor:
-        """[T, V] bool: the scores that must be -inf (pieces after a whole-word group token)."""
+        """[T, V] bool: the scores that must be -inf (tokens that would continue a whole-word group token)."""
+        if self.action == "token":
+            return torch.zeros(len(ids), self.vocab_size, dtype=torch.bool)
         whole = torch.tensor(self.whole_words(list(ids)))
         return whole[:, None] & self.continues_word[None, :]
 
+    def fixed_by(self, ids, elements) -> list:
+        """The elements that leave `ids` as they are."""
+        return [shifts for shifts in elements if self.act(ids, shifts) == list(ids)]
 
-def assert_no_glued_words(oracle, sequences, prompt_length):
-    """A generated token never continues a group token that began a word (the prompt may hold glued words)."""
-    for row in sequences.tolist():
-        begins, _ = oracle.word_edges(row)
-        for t in range(prompt_length - 1, len(row) - 1):
-            if row[t] in oracle.orbit_of and begins[t]:
-                assert not oracle.continues_word[row[t + 1]], oracle.tokenizer.decode(row[: t + 2])
+
+def element_permutation(tokenizer, class_lists, shifts, vocab_size=None) -> torch.Tensor:
+    """[V] long: the oracle's token action of element `shifts` on the vocabulary (every group token moved)."""
+    return ActionOracle(tokenizer, class_lists, vocab_size or len(tokenizer), "token").permutation(shifts)
 
 
 def assert_word_equivariant(model, oracle, ids, elements, atol=1e-4, check_mask=True) -> list[float]:
     """For every element g (shift tuple): M(g.x)[t, p_t[v]] == M(x)[t, v] for the oracle's action, and -inf
-    exactly where the oracle says (unless `check_mask` is off, for negative controls, which have no mask).
-    Returns the largest error over the scores that are not masked, per element."""
+    exactly where the oracle masks (unless `check_mask` is off, for negative controls, which have no mask).
+    Returns the largest error over the scores that are not masked, per element. (The shared tester,
+    testing_common.py, checks every architecture; this serves tests of one method or one feature.)"""
     rows = [list(r) for r in ids.tolist()]
     glued = torch.stack([oracle.glued(r) for r in rows])
     with torch.no_grad():
@@ -393,3 +510,12 @@ def assert_word_equivariant(model, oracle, ids, elements, atol=1e-4, check_mask=
         errors.append((back - y).masked_fill(glued, 0).abs().max().item())
         assert errors[-1] <= atol, f"element {shifts}: error {errors[-1]}"
     return errors
+
+
+def assert_no_glued_words(oracle, sequences, prompt_length):
+    """A generated token never continues a group token that began a word (the prompt may hold glued words)."""
+    for row in sequences.tolist():
+        begins, _ = oracle.word_edges(row)
+        for t in range(prompt_length - 1, len(row) - 1):
+            if row[t] in oracle.orbit_of and begins[t]:
+                assert not oracle.continues_word[row[t + 1]], oracle.tokenizer.decode(row[: t + 2])

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from conftest import GENDER_CLASSES, PROMPTS, RACE_CLASSES, tiny_gpt2, word_tokenizer
 from datasets import Dataset
-from test_causal import equivariance_error
+from testing_common import Case, EquivariantCommonTester, Vocabulary
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
 from hf_equivariant import WordSwapGroup, make_equivariant
@@ -34,7 +34,10 @@ def main(out: Path) -> None:
     result = trainer.train()
     rank = trainer.args.process_index
     assert trainer.args.world_size == 2, trainer.args.world_size
-    error, _ = equivariance_error(model.eval(), word_tokenizer())
+    vocabulary = Vocabulary(word_tokenizer(), [GENDER_CLASSES, RACE_CLASSES], "word", PROMPTS, [], [])
+    tester, case = EquivariantCommonTester(), Case(model.model, vocabulary)
+    error = max(tester.equivariance_errors(model.eval(), case, tester.forward_inputs(case, "left"),
+                                           vocabulary.elements()).values())
     torch.save({"steps": result.global_step, "params": model.state_dict(), "initial": initial,
                 "equivariance_error": error, "prompts": PROMPTS}, out / f"rank{rank}.pt")
 

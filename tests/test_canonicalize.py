@@ -10,7 +10,7 @@ from conftest import (
     ORIENTATION_CLASSES,
     PROMPTS,
     RACE_CLASSES,
-    WordActionOracle,
+    ActionOracle,
     all_elements,
     assert_word_equivariant,
     bpe_tokenizer,
@@ -111,7 +111,7 @@ def test_word_action_with_a_subword_tokenizer_is_exact_for_every_element():
     model = make_equivariant(tiny_gpt2(len(bpe)), groups, bpe, symmetrization="canonicalize").eval()
     prompts = ["Hispanics met the Black man", "the malevolent Blackstone saw her son", "Man, he said. His White son"]
     ids = bpe(prompts, return_tensors="pt", padding=True)["input_ids"]
-    oracle = WordActionOracle(bpe, class_lists, len(bpe))
+    oracle = ActionOracle(bpe, class_lists, len(bpe))
     assert max(assert_word_equivariant(model, oracle, ids, all_elements(class_lists))) <= 1e-4
 
 

@@ -1,71 +1,25 @@
-"""Exact equivariance of the causal wrapper (logits and generation) on tiny models of several architectures."""
+"""The causal wrapper on tiny models: inner rows, loss, per-layer outputs, beam search, cache continuation, options.
+
+Equivariance (forward and generation), cache == no cache, batch == single, save/load and dtype casts on every
+architecture are the shared tester's (testing_common.py, run by test_common.py).
+"""
 
 import pytest
 import torch
 from conftest import (
     ALL_ARCHITECTURES,
-    GENDER_CLASSES,
     PROMPTS,
     RACE_CLASSES,
-    all_elements,
-    element_permutation,
     tiny_gpt2,
     tiny_llama,
+    wrap,
 )
 from transformers import CompileConfig
 
-from hf_equivariant import EquiGPT2LMHeadModel, EquivariantModelForCausalLM, WordSwapGroup, make_equivariant
+from hf_equivariant import EquiGPT2LMHeadModel, EquivariantModelForCausalLM, WordSwapGroup
 from hf_equivariant.modeling_equivariant import batch_rows
 
-CLASS_LISTS = [GENDER_CLASSES, RACE_CLASSES]
 SYMMETRIZATIONS = ["equitune", "multi_equitune"]
-
-
-def wrap(base, tokenizer, symmetrization, average="log_probs"):
-    groups = [WordSwapGroup("gender", GENDER_CLASSES), WordSwapGroup("race", RACE_CLASSES)]
-    return make_equivariant(base, groups, tokenizer=tokenizer, symmetrization=symmetrization, average=average).eval()
-
-
-def equivariance_error(model, tokenizer, class_lists=CLASS_LISTS):
-    """max over every group element g of |M(g.x)[..., p_g] - M(x)| on a left-padded batch."""
-    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
-    with torch.no_grad():
-        reference = model(**batch).logits
-        errors = []
-        for g in all_elements(class_lists):
-            p = element_permutation(tokenizer, class_lists, g)
-            moved = model(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"]).logits
-            errors.append((moved[..., p] - reference).abs().max().item())
-    return max(errors), len(errors)
-
-
-@pytest.mark.parametrize("symmetrization", SYMMETRIZATIONS)
-@pytest.mark.parametrize("average", ["log_probs", "logits", "probs"])
-def test_logits_are_equivariant_for_every_element(base_model, tokenizer, symmetrization, average):
-    model = wrap(base_model, tokenizer, symmetrization, average)
-    error, count = equivariance_error(model, tokenizer)
-    assert count == 6
-    assert error <= 1e-4
-
-
-@pytest.mark.parametrize("architecture", ["gpt2", "llama", "qwen2", "mamba"])  # (gemma2, bloom: NaN pads in float64)
-@pytest.mark.parametrize("cast, dtype, tolerance", [
-    (lambda model: model.to(torch.bfloat16), torch.bfloat16, 1e-2),
-    (lambda model: model.half(), torch.float16, 1e-2),
-    (lambda model: model.double(), torch.float64, 1e-5),
-], ids=["to-bfloat16", "half", "double"])
-def test_casting_the_model_keeps_the_plan_in_float32(tokenizer, architecture, cast, dtype, tolerance):
-    """Casts reach the inner model only: the plan's weights stay in float32, where combine() computes."""
-    model = cast(wrap(ALL_ARCHITECTURES[architecture](len(tokenizer)), tokenizer, "multi_equitune"))
-    assert model.model.dtype == dtype
-    assert model.plan_weights.dtype == model.plan_mixing.dtype == torch.float32
-    error, _ = equivariance_error(model, tokenizer)
-    assert error <= tolerance
-
-
-def test_negative_control_the_base_model_is_not_equivariant(base_model, tokenizer):
-    error, _ = equivariance_error(base_model, tokenizer)
-    assert error > 1e-2
 
 
 def inner_rows(model, batch):
@@ -79,7 +33,7 @@ def inner_rows(model, batch):
 
 @pytest.mark.parametrize("symmetrization, rows", [("equitune", 2 * 3), ("multi_equitune", 2 + 3)])
 def test_number_of_inner_rows_without_deduplication(base_model, tokenizer, symmetrization, rows):
-    model = wrap(base_model, tokenizer, symmetrization)
+    model = wrap(base_model, tokenizer, symmetrization=symmetrization)
     model.config.deduplicate = False
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     assert inner_rows(model, batch) == [rows * len(PROMPTS)]  # one inner call holding every copy
@@ -95,7 +49,7 @@ def test_number_of_inner_rows_without_deduplication(base_model, tokenizer, symme
     ("multi_equitune", "the doctor was known for", 1),  # no group word at all
 ])
 def test_number_of_inner_rows_with_deduplication(base_model, tokenizer, symmetrization, prompt, rows):
-    model = wrap(base_model, tokenizer, symmetrization)
+    model = wrap(base_model, tokenizer, symmetrization=symmetrization)
     assert inner_rows(model, tokenizer([prompt], return_tensors="pt")) == [rows]
 
 
@@ -103,7 +57,7 @@ def test_wrapping_leaves_the_base_model_intact(base_model, tokenizer):
     before = {k: v.clone() for k, v in base_model.state_dict().items()}
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     logits = base_model(**batch).logits
-    wrap(base_model, tokenizer, "multi_equitune")
+    wrap(base_model, tokenizer, symmetrization="multi_equitune")
     assert all(torch.equal(before[k], v) for k, v in base_model.state_dict().items())
     assert torch.equal(base_model(**batch).logits, logits)
 
@@ -113,7 +67,7 @@ def test_without_group_words_non_group_tokens_rank_as_in_the_base_model(base_mod
     batch = tokenizer(["the doctor was known for", "a very kind person had a job as"], return_tensors="pt",
                       padding=True)
     base = base_model(**batch).logits.log_softmax(-1)
-    model = wrap(base_model, tokenizer, symmetrization)
+    model = wrap(base_model, tokenizer, symmetrization=symmetrization)
     ours = model(**batch).logits
     keep = torch.ones(len(tokenizer), dtype=torch.bool)
     keep[model.plan_support] = False
@@ -123,7 +77,7 @@ def test_without_group_words_non_group_tokens_rank_as_in_the_base_model(base_mod
 
 
 def test_loss_is_the_cross_entropy_of_the_symmetrised_distribution(base_model, tokenizer):
-    model = wrap(base_model, tokenizer, "multi_equitune")
+    model = wrap(base_model, tokenizer, symmetrization="multi_equitune")
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     out = model(**batch, labels=labels)
@@ -132,18 +86,6 @@ def test_loss_is_the_cross_entropy_of_the_symmetrised_distribution(base_model, t
     picked = log_probs.gather(-1, target.clamp(min=0)[..., None])[..., 0]
     expected = -(picked * (target != -100)).sum() / (target != -100).sum()
     torch.testing.assert_close(out.loss, expected)
-
-
-@pytest.mark.parametrize("symmetrization", SYMMETRIZATIONS)
-def test_greedy_generation_is_equivariant(base_model, tokenizer, symmetrization):
-    model = wrap(base_model, tokenizer, symmetrization)
-    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
-    out = model.generate(**batch, max_new_tokens=8, do_sample=False)
-    for g in all_elements(CLASS_LISTS):
-        p = element_permutation(tokenizer, CLASS_LISTS, g)
-        moved = model.generate(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"],
-                               max_new_tokens=8, do_sample=False)
-        assert torch.equal(moved, p[out]), g
 
 
 def canonical_race(texts):
@@ -158,7 +100,7 @@ def test_hidden_states_and_attentions_are_those_of_copy_zero(tokenizer, architec
     """Copy 0 is the input for equitune; for multi_equitune over (gender, race) it is the input with race
     canonicalised. Its hidden states and attentions come back for every input row, also over capped blocks."""
     base = ALL_ARCHITECTURES[architecture](len(tokenizer))
-    model = wrap(base, tokenizer, symmetrization)
+    model = wrap(base, tokenizer, symmetrization=symmetrization)
     model.config.max_inner_rows = cap
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     flags = dict(output_hidden_states=True, output_attentions=architecture != "mamba")
@@ -175,31 +117,18 @@ def test_hidden_states_and_attentions_are_those_of_copy_zero(tokenizer, architec
     assert all(h.shape[0] == len(PROMPTS) for step in generated.hidden_states for h in step)
 
 
-def test_negative_control_base_generation_is_not_equivariant(base_model, tokenizer):
-    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
-    out = base_model.generate(**batch, max_new_tokens=8, do_sample=False)
-    broken = []
-    for g in all_elements(CLASS_LISTS)[1:]:
-        p = element_permutation(tokenizer, CLASS_LISTS, g)
-        moved = base_model.generate(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"],
-                                    max_new_tokens=8, do_sample=False)
-        broken.append(not torch.equal(moved, p[out]))
-    assert any(broken)
-
-
 @pytest.mark.parametrize("symmetrization", SYMMETRIZATIONS)
-def test_cache_and_no_cache_give_identical_tokens(base_model, tokenizer, symmetrization):
-    model = wrap(base_model, tokenizer, symmetrization)
+def test_beam_search_with_cache_equals_without(base_model, tokenizer, symmetrization):
+    """Beam search reorders the cache's copy rows (greedy decoding: the shared tester, test_common.py)."""
+    model = wrap(base_model, tokenizer, symmetrization=symmetrization)
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
-    for options in ({"do_sample": False}, {"num_beams": 3, "do_sample": False, "num_return_sequences": 2}):
-        cached = model.generate(**batch, max_new_tokens=8, **options)
-        uncached = model.generate(**batch, max_new_tokens=8, use_cache=False, **options)
-        assert torch.equal(cached, uncached)
+    options = {"num_beams": 3, "do_sample": False, "num_return_sequences": 2, "max_new_tokens": 8}
+    assert torch.equal(model.generate(**batch, **options), model.generate(**batch, use_cache=False, **options))
 
 
 @pytest.mark.parametrize("deduplicate", [False, True])
 def test_cache_holds_the_copies_and_continues_generation(base_model, tokenizer, deduplicate):
-    model = wrap(base_model, tokenizer, "multi_equitune")
+    model = wrap(base_model, tokenizer, symmetrization="multi_equitune")
     model.config.deduplicate = deduplicate
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     out = model.generate(**batch, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
@@ -215,17 +144,8 @@ def test_cache_holds_the_copies_and_continues_generation(base_model, tokenizer, 
     assert torch.equal(continued, one_shot)
 
 
-def test_left_padded_batch_matches_single_prompts(base_model, tokenizer):
-    model = wrap(base_model, tokenizer, "multi_equitune")
-    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
-    together = model.generate(**batch, max_new_tokens=6, do_sample=False)[:, batch["input_ids"].shape[1]:]
-    for i, prompt in enumerate(PROMPTS):
-        alone = model.generate(**tokenizer([prompt], return_tensors="pt"), max_new_tokens=6, do_sample=False)
-        assert torch.equal(alone[0, -6:], together[i])
-
-
 def test_sampling_is_reproducible_and_returns_several_sequences(base_model, tokenizer):
-    model = wrap(base_model, tokenizer, "multi_equitune")
+    model = wrap(base_model, tokenizer, symmetrization="multi_equitune")
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     options = dict(do_sample=True, top_k=40, max_new_tokens=6, num_return_sequences=3)
     torch.manual_seed(0)
@@ -237,7 +157,7 @@ def test_sampling_is_reproducible_and_returns_several_sequences(base_model, toke
 
 
 def test_legacy_past_key_values_keyword_is_honoured(base_model, tokenizer):
-    model = wrap(base_model, tokenizer, "multi_equitune")
+    model = wrap(base_model, tokenizer, symmetrization="multi_equitune")
     ids = tokenizer(["the Black man worked as a"], return_tensors="pt")["input_ids"]
     full = model(input_ids=ids).logits[:, -1]
     prefix = model(input_ids=ids[:, :-1], use_cache=True)
@@ -247,7 +167,7 @@ def test_legacy_past_key_values_keyword_is_honoured(base_model, tokenizer):
 
 
 def test_inputs_embeds_are_refused(base_model, tokenizer):
-    model = wrap(base_model, tokenizer, "multi_equitune")
+    model = wrap(base_model, tokenizer, symmetrization="multi_equitune")
     with pytest.raises(ValueError, match="acts on token ids"):
         model(inputs_embeds=torch.zeros(1, 3, 32))
 
@@ -259,46 +179,14 @@ def test_gpt2_class_refuses_other_architectures(tokenizer):
 
 
 def test_wrapping_twice_is_refused(base_model, tokenizer):
-    model = wrap(base_model, tokenizer, "equitune")
+    model = wrap(base_model, tokenizer, symmetrization="equitune")
     with pytest.raises(ValueError, match="already equivariant"):
         EquivariantModelForCausalLM.from_base_model(model, [WordSwapGroup("race", RACE_CLASSES)], tokenizer)
 
 
-@pytest.mark.parametrize("architecture", sorted(ALL_ARCHITECTURES))
-def test_generation_follows_the_inner_models_input_preparation(tokenizer, architecture):
-    """Cached decoding gives the scores of uncached decoding, and greedy generation is equivariant, on a
-    left-padded batch, also where the inner model prepares its own inputs (Mamba drops the padding mask on
-    cached steps; Phi-3 and PhiMoE with longrope restart their cache past their original context)."""
-    model = wrap(ALL_ARCHITECTURES[architecture](len(tokenizer)), tokenizer, "multi_equitune")
-    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
-    options = dict(max_new_tokens=8, do_sample=False, return_dict_in_generate=True, output_scores=True)
-    cached = model.generate(**batch, **options)
-    uncached = model.generate(**batch, use_cache=False, **options)
-    assert torch.equal(cached.sequences, uncached.sequences)
-    torch.testing.assert_close(torch.stack(cached.scores), torch.stack(uncached.scores), atol=1e-4, rtol=1e-4)
-    original = getattr(model.config.text_config, "original_max_position_embeddings", None)
-    assert original is None or batch["input_ids"].shape[1] < original < cached.sequences.shape[1]
-    for g in all_elements(CLASS_LISTS)[1:]:
-        p = element_permutation(tokenizer, CLASS_LISTS, g)
-        moved = model.generate(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"],
-                               max_new_tokens=8, do_sample=False)
-        assert torch.equal(moved, p[cached.sequences]), g
-
-
-@pytest.mark.parametrize("architecture", sorted(ALL_ARCHITECTURES))
-def test_static_cache_gives_the_same_tokens(tokenizer, architecture):
-    """Static caches get their masks from the inner model (a dict per layer type, Bloom's 2-D mask); every
-    batch-shaped input reaches the copies. Deduplication steps aside for compileable caches."""
-    model = wrap(ALL_ARCHITECTURES[architecture](len(tokenizer)), tokenizer, "multi_equitune")
-    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
-    dynamic = model.generate(**batch, max_new_tokens=6, do_sample=False)
-    assert torch.equal(model.generate(**batch, max_new_tokens=6, do_sample=False, cache_implementation="static"),
-                       dynamic)
-
-
 def test_token_type_ids_reach_every_copy(tokenizer):
     """GPT-2 adds token-type embeddings: a batch of 3 gives the rows it gives one by one."""
-    model = wrap(tiny_gpt2(len(tokenizer)), tokenizer, "multi_equitune")
+    model = wrap(tiny_gpt2(len(tokenizer)), tokenizer, symmetrization="multi_equitune")
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     types = torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"]) % 2
     together = model(**batch, token_type_ids=types).logits
@@ -324,7 +212,7 @@ def test_batch_rows_maps_every_batch_shaped_value():
 
 def test_compiled_static_cache_generation_gives_the_same_tokens(tokenizer):
     """generate() compiles the decoding step with a static cache (on GPUs by default; forced here on CPU)."""
-    model = wrap(tiny_llama(len(tokenizer)), tokenizer, "multi_equitune")
+    model = wrap(tiny_llama(len(tokenizer)), tokenizer, symmetrization="multi_equitune")
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     dynamic = model.generate(**batch, max_new_tokens=4, do_sample=False)
     compile_config = CompileConfig(mode="default", dynamic=False)
@@ -340,5 +228,5 @@ def test_compiled_static_cache_generation_gives_the_same_tokens(tokenizer):
 def test_plan_follows_the_inner_model_device(tokenizer):
     """The copy plan lives where the inner model's input ids go (a model on a GPU gets its plan there)."""
     base = tiny_llama(len(tokenizer)).to("meta")
-    model = wrap(base, tokenizer, "multi_equitune")
+    model = wrap(base, tokenizer, symmetrization="multi_equitune")
     assert {buffer.device.type for buffer in model.buffers()} == {"meta"}

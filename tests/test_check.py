@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import ARCHITECTURES, RACE_CLASSES, SEQ2SEQ_ARCHITECTURES, bpe_tokenizer
-from test_word_action import GROUPS, MIXED_PROMPTS
+from conftest import ARCHITECTURES, BPE_MIXED_PROMPTS, RACE_CLASSES, SEQ2SEQ_ARCHITECTURES, bpe_tokenizer
+from test_word_action import GROUPS
 
 import hf_equivariant_cli
 from hf_equivariant import WordSwapGroup, check_equivariance, make_equivariant
@@ -13,7 +13,7 @@ from hf_equivariant import WordSwapGroup, check_equivariance, make_equivariant
 def test_check_passes_for_every_element_and_names_the_worst_when_broken(action):
     bpe = bpe_tokenizer()
     model = make_equivariant(ARCHITECTURES["llama"](len(bpe)), GROUPS, bpe, action=action)
-    inputs = dict(bpe(MIXED_PROMPTS, return_tensors="pt", padding=True))
+    inputs = dict(bpe(BPE_MIXED_PROMPTS, return_tensors="pt", padding=True))
     errors = check_equivariance(model, inputs)
     assert len(errors) == 2 * 3 * 2 and max(errors.values()) <= 1e-4
     assert "gender(1, 0) x race(0, 1, 2) x orientation(0, 1)" in errors
@@ -26,7 +26,7 @@ def test_check_passes_for_every_element_and_names_the_worst_when_broken(action):
 def test_check_covers_seq2seq_encoder_and_decoder_ids():
     bpe = bpe_tokenizer(padding_side="right")
     model = make_equivariant(SEQ2SEQ_ARCHITECTURES["bart"](len(bpe)), GROUPS, bpe)
-    ids = bpe(MIXED_PROMPTS, return_tensors="pt", padding=True)["input_ids"]
+    ids = bpe(BPE_MIXED_PROMPTS, return_tensors="pt", padding=True)["input_ids"]
     assert max(check_equivariance(model, {"input_ids": ids, "decoder_input_ids": ids.flip(0)}).values()) <= 1e-4
 
 

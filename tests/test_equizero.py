@@ -9,7 +9,7 @@ from conftest import (
     ORIENTATION_CLASSES,
     PROMPTS,
     RACE_CLASSES,
-    WordActionOracle,
+    ActionOracle,
     all_elements,
     assert_word_equivariant,
     bpe_tokenizer,
@@ -183,7 +183,7 @@ def test_word_action_with_a_subword_tokenizer_is_exact_for_every_element(symmetr
     model = make_equivariant(base, groups, bpe, symmetrization=symmetrization).eval()
     prompts = ["Hispanics met the Black man", "the malevolent Blackstone saw her son", "Man, he said. His White son"]
     ids = bpe(prompts, return_tensors="pt", padding=True)["input_ids"]
-    oracle = WordActionOracle(bpe, class_lists, len(bpe))
+    oracle = ActionOracle(bpe, class_lists, len(bpe))
     assert max(assert_word_equivariant(model, oracle, ids, all_elements(class_lists))) <= 1e-4
 
 

@@ -1,4 +1,4 @@
-"""peft with equivariant models, both ways round, checked against `WordActionOracle` (conftest).
+"""peft with equivariant models, both ways round, checked against `ActionOracle` (conftest).
 
 - LoRA on the wrapper: `get_peft_model(wrapper, LoraConfig(...))`, train with `Trainer` through the symmetrised
   loss, save the adapter, reload it onto a freshly loaded wrapper, merge: every element stays exact.
@@ -13,7 +13,7 @@ import torch
 from conftest import (
     BPE_GENDER_CLASSES,
     RACE_CLASSES,
-    WordActionOracle,
+    ActionOracle,
     all_elements,
     assert_word_equivariant,
     bpe_tokenizer,
@@ -41,7 +41,7 @@ def bpe():
 
 @pytest.fixture(scope="module")
 def oracle(bpe):
-    return WordActionOracle(bpe, CLASS_LISTS, len(bpe))
+    return ActionOracle(bpe, CLASS_LISTS, len(bpe))
 
 
 def logits(model, ids):

@@ -1,13 +1,14 @@
 """The embedded real model (SmolLM2-135M-Instruct, Llama architecture, byte-level BPE) with gender x race."""
 
-import itertools
 
 import pytest
 import torch
-from conftest import WordActionOracle, assert_no_glued_words, assert_word_equivariant
+from conftest import assert_no_glued_words
+from conftest import wrap as conftest_wrap
+from testing_common import Case, EquivariantCommonTester, Setting, Vocabulary
 
 import hf_equivariant_cli
-from hf_equivariant import make_equivariant, presets
+from hf_equivariant import presets
 from hf_equivariant.experiments import commands
 
 pytestmark = pytest.mark.real_model
@@ -42,32 +43,65 @@ MIXED_PROMPTS = ["Hispanics worked with the Black man", "The malevolent Blacksto
 
 def wrap(base, tokenizer, **options):
     with pytest.warns(UserWarning):  # the presets skip words with no single-token form
-        return make_equivariant(base, GROUPS, tokenizer, **options).eval()
+        return conftest_wrap(base, tokenizer, GROUPS, **options)
+
+
+# A whole word of every factor: no element but the identity fixes these prompts, so no continuation is tied.
+TIE_FREE_PROMPTS = ["The gay Black woman worked as", "The straight White man was described as",
+                    "The straight Asian woman had a job as", "The gay Hispanic man was known for"]
 
 
 @pytest.fixture(scope="module")
-def oracle(smollm):
+def vocabulary(smollm):
     base, tokenizer = smollm
-    return WordActionOracle(tokenizer, [g.classes for g in GROUPS], base.config.vocab_size)
+    return Vocabulary(tokenizer, [g.classes for g in GROUPS], "word", MIXED_PROMPTS, TIE_FREE_PROMPTS, [],
+                      groups=GROUPS, vocab_size=base.config.vocab_size)
 
 
-@pytest.mark.parametrize("symmetrization", ["equitune", "multi_equitune"])
-def test_real_model_logits_are_word_equivariant(smollm, oracle, symmetrization):
-    base, tokenizer = smollm
-    model = wrap(base, tokenizer, symmetrization=symmetrization)
-    assert model.num_copies == {"equitune": 16, "multi_equitune": 8}[symmetrization]
-    ids = tokenizer(MIXED_PROMPTS, return_tensors="pt", padding=True)["input_ids"]
-    elements = list(itertools.product(*(range(len(g.classes)) for g in GROUPS)))
-    errors = assert_word_equivariant(model, oracle, ids, elements)
-    assert len(errors) == 16 and max(errors) <= 1e-4, errors
-    token_action = wrap(base, tokenizer, symmetrization=symmetrization, action="token")
-    # The token action swaps the gender and race pieces (there is no orientation piece in these prompts);
-    # the base model is not symmetrised at all.
-    controls = ((token_action, [(1, 0, 0), (0, 1, 0)]), (base, [(1, 0, 0), (0, 1, 0), (0, 0, 1)]))
-    for negative_control, failing in controls:
-        for shifts in failing:
-            with pytest.raises(AssertionError):
-                assert_word_equivariant(negative_control, oracle, ids, [shifts], check_mask=False)
+@pytest.fixture(scope="module")
+def oracle(vocabulary):
+    return vocabulary.oracle
+
+
+class TestSmolLM2(EquivariantCommonTester):
+    """The shared tester's checks on the real model (generation: the identity and three elements, one per
+    factor and a product of all three)."""
+
+    ELEMENTS = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 2, 1)]
+
+    def wrap(self, case, base=None):
+        with pytest.warns(UserWarning):  # the presets skip words with no single-token form
+            return super().wrap(case, base)
+
+    @pytest.mark.parametrize("symmetrization", ["equitune", "multi_equitune"])
+    def test_forward_equivariance(self, smollm, vocabulary, symmetrization):
+        case = Case(smollm[0], vocabulary, Setting(symmetrization=symmetrization, padding_side="right"))
+        assert self.wrap(case).num_copies == {"equitune": 16, "multi_equitune": 8}[symmetrization]
+        self._test_forward_equivariance(case)
+
+    def test_generation_equivariance(self, smollm, vocabulary):
+        self._test_generation_equivariance(Case(smollm[0], vocabulary), elements=self.ELEMENTS)
+
+    @pytest.mark.parametrize("deduplicate", [True, False])
+    def test_cache_equals_no_cache(self, smollm, vocabulary, deduplicate):
+        self._test_cache_equals_no_cache(Case(smollm[0], vocabulary, Setting(deduplicate=deduplicate)))
+
+    def test_batch_equals_single(self, smollm, vocabulary):
+        self._test_batch_equals_single(Case(smollm[0], vocabulary))
+
+    def test_beam_search_glues_nothing(self, smollm, vocabulary):
+        model = self.wrap(Case(smollm[0], vocabulary, Setting(deduplicate=False)))
+        batch = self.forward_inputs(Case(smollm[0], vocabulary), "left", TIE_FREE_PROMPTS)
+        out = self.generate(model, Case(smollm[0], vocabulary), batch, num_beams=2, max_new_tokens=16)
+        assert_no_glued_words(vocabulary.oracle, out, batch["input_ids"].shape[1])
+
+    def test_the_token_action_fails_the_word_oracle(self, smollm, vocabulary):
+        """It swaps the gender and race pieces (there is no orientation piece in these prompts)."""
+        case = Case(smollm[0], vocabulary)
+        token_action = wrap(*smollm, action="token")
+        errors = self.equivariance_errors(token_action, case, self.forward_inputs(case, "right"),
+                                          [(1, 0, 0), (0, 1, 0)], check_mask=False)
+        assert min(errors.values()) > 1e-2, errors
 
 
 def next_token_probabilities(model, tokenizer, text, words):
@@ -103,35 +137,6 @@ def test_real_model_generation_never_glues_a_swapped_word(smollm, oracle, do_sam
                              pad_token_id=tokenizer.pad_token_id)
     assert out.shape[1] == batch["input_ids"].shape[1] + 200
     assert_no_glued_words(oracle, out, batch["input_ids"].shape[1])
-
-
-# A whole word of every factor: no element but the identity fixes these prompts, so no continuation is tied.
-TIE_FREE_PROMPTS = ["The gay Black woman worked as", "The straight White man was described as",
-                    "The straight Asian woman had a job as", "The gay Hispanic man was known for"]
-
-
-def test_real_model_greedy_generation_is_word_equivariant_and_cache_safe(smollm, oracle):
-    base, tokenizer = smollm
-    model = wrap(base, tokenizer)
-    rows = tokenizer(TIE_FREE_PROMPTS)["input_ids"]
-    elements = [(1, 0, 0), (0, 1, 0), (1, 2, 1)]
-    moved = tokenizer.pad([{"input_ids": oracle.act(r, e)} for e in [(0, 0, 0), *elements] for r in rows],
-                          return_tensors="pt")
-    options = dict(max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    with torch.no_grad():
-        out = model.generate(**moved, **options)
-        batch = tokenizer(TIE_FREE_PROMPTS, return_tensors="pt", padding=True)
-        variants = [model.generate(**batch, use_cache=False, **options)]
-        model.config.deduplicate = False
-        variants.append(model.generate(**batch, **options))
-        variants.append(model.generate(**batch, num_beams=2, **options))
-    width = moved["input_ids"].shape[1]
-    for k, (element, row) in enumerate((e, r) for e in elements for r in rows):
-        identity = out[rows.index(row), width - len(row):].tolist()
-        assert out[len(rows) + k, width - len(row):].tolist() == oracle.act(identity, element)
-    reference = out[: len(rows), width - batch["input_ids"].shape[1]:]
-    assert torch.equal(variants[0], reference) and torch.equal(variants[1], reference)
-    assert_no_glued_words(oracle, variants[2], batch["input_ids"].shape[1])
 
 
 def test_cli_prints_base_and_equivariant_continuations(smollm, monkeypatch, capsys):

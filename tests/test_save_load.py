@@ -19,11 +19,12 @@ from conftest import (
     PROMPTS,
     RACE_CLASSES,
     SEQ2SEQ_ARCHITECTURES,
+    ActionOracle,
     all_elements,
-    element_permutation,
     tiny_gpt2,
 )
 from huggingface_hub import HfApi
+from huggingface_hub.errors import RemoteEntryNotFoundError
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from hf_equivariant import (
@@ -108,8 +109,9 @@ def test_resized_vocabulary_gets_a_new_plan_and_round_trips(tokenizer, architect
 
     reference = logits(model, ids)
     assert reference.shape[-1] == vocab_size
+    oracle = ActionOracle(tokenizer, [GENDER_CLASSES, RACE_CLASSES], vocab_size, "token")
     for g in all_elements([GENDER_CLASSES, RACE_CLASSES]):
-        p = element_permutation(tokenizer, [GENDER_CLASSES, RACE_CLASSES], g, vocab_size=vocab_size)
+        p = oracle.permutation(g)
         torch.testing.assert_close(logits(model, p[ids])[..., p], reference, atol=1e-4, rtol=1e-4)
     model.save_pretrained(tmp_path)
     loaded = type(model).from_pretrained(tmp_path)
@@ -246,7 +248,8 @@ print("remote code ok")
 
 @pytest.fixture
 def mocked_hub(tmp_path):
-    """HfApi.create_repo / create_commit replaced by a local folder (HF_HUB_OFFLINE=1 blocks the rest)."""
+    """HfApi.create_repo / create_commit and hf_hub_download replaced by a local folder (HF_HUB_OFFLINE=1 blocks
+    the rest)."""
     remote = tmp_path / "remote"
     remote.mkdir()
 
@@ -257,9 +260,16 @@ def mocked_hub(tmp_path):
             shutil.copy(op.path_or_fileobj, target)
         return SimpleNamespace(commit_url="https://hub.local/c/1", oid="0" * 40, pr_url=None)
 
+    def download(repo_id, filename, **kwargs):
+        if not (remote / filename).exists():
+            raise RemoteEntryNotFoundError(f"404: {filename} is not in {repo_id}",
+                                           response=SimpleNamespace(headers={}, request=None))
+        return str(remote / filename)
+
     with mock.patch.object(HfApi, "create_repo", autospec=True,
                            side_effect=lambda self, repo_id, **kw: SimpleNamespace(repo_id=repo_id)), \
-         mock.patch.object(HfApi, "create_commit", autospec=True, side_effect=create_commit):
+         mock.patch.object(HfApi, "create_commit", autospec=True, side_effect=create_commit), \
+         mock.patch("huggingface_hub.hf_hub_download", side_effect=download):
         yield remote
 
 
@@ -309,6 +319,18 @@ def test_save_pretrained_merges_the_groups_into_a_card_the_user_wrote(model, tok
     assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
     if user_card == USER_CARD:
         assert meta["license"] == "mit" and meta["base_model"] == "someone/base" and "mine" in meta["tags"]
+
+
+def test_push_to_hub_keeps_the_card_the_user_has_on_the_hub(model, tokenizer, mocked_hub):
+    (mocked_hub / "README.md").write_text(USER_CARD)
+    model.push_to_hub("user/equi")
+    race_only = make_equivariant(model.model, [WordSwapGroup("race", RACE_CLASSES)], tokenizer=tokenizer)
+    race_only.push_to_hub("user/equi")  # a second push updates the section the first one added
+    text = (mocked_hub / "README.md").read_text()
+    assert text.count("My own words.") == 1 and text.count("## Groups") == 1 and "### `race`" in text
+    meta = front_matter(mocked_hub / "README.md")
+    assert meta["license"] == "mit" and meta["base_model"] == "someone/base"
+    assert {"mine", "hf-equivariant", "group:race", "group:gender"} <= set(meta["tags"])
 
 
 def test_a_card_we_wrote_is_rewritten_until_the_user_claims_it(model, tokenizer, tmp_path):

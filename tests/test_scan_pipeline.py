@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import SEQ2SEQ_ARCHITECTURES, all_elements, element_permutation
+from conftest import SEQ2SEQ_ARCHITECTURES, ActionOracle, all_elements
 from transformers import DataCollatorForSeq2Seq
 
 import hf_equivariant_cli
@@ -45,7 +45,7 @@ def test_scan_ii_wrappers_are_equivariant(tokenizer, architecture, symmetrizatio
     reference = model(**batch, decoder_input_ids=decoder_ids).logits
     generated = model.generate(**batch, max_new_tokens=6, do_sample=False)
     for g in all_elements(SCAN_II_CLASSES):
-        p = element_permutation(tokenizer, SCAN_II_CLASSES, g)
+        p = ActionOracle(tokenizer, SCAN_II_CLASSES, len(tokenizer), "token").permutation(g)
         moved = model(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"],
                       decoder_input_ids=p[decoder_ids]).logits
         assert (moved[..., p] - reference).abs().max() <= 1e-4

@@ -1,56 +1,22 @@
-"""Exact equivariance of the seq2seq wrapper on tiny T5 and BART models: logits, generation, cache, save/load."""
+"""The seq2seq wrapper on tiny T5 and BART models: the encoder's copies, beam search, per-layer outputs, loss, loading.
+
+Equivariance (teacher-forced and generated), cache == no cache, batch == single, save/load and dtype casts on
+every seq2seq architecture are the shared tester's (testing_common.py, run by test_common.py).
+"""
 
 import pytest
 import torch
-from conftest import GENDER_CLASSES, PROMPTS, RACE_CLASSES, all_elements, element_permutation
+from conftest import PROMPTS, RACE_CLASSES, wrap
 from transformers import AutoModelForSeq2SeqLM
 
-from hf_equivariant import EquivariantModelForSeq2SeqLM, WordSwapGroup, make_equivariant
+from hf_equivariant import EquivariantModelForSeq2SeqLM, WordSwapGroup
 
-CLASS_LISTS = [GENDER_CLASSES, RACE_CLASSES]
 TARGETS = ["a man was a doctor", "she had her", "the White boy"]
-
-
-def wrap(base, tokenizer, symmetrization="multi_equitune"):
-    groups = [WordSwapGroup("gender", GENDER_CLASSES), WordSwapGroup("race", RACE_CLASSES)]
-    return make_equivariant(base, groups, tokenizer=tokenizer, symmetrization=symmetrization).eval()
 
 
 @pytest.fixture
 def batch(seq2seq_tokenizer):
     return seq2seq_tokenizer(PROMPTS, text_target=TARGETS, return_tensors="pt", padding=True)
-
-
-@pytest.mark.parametrize("symmetrization", ["equitune", "multi_equitune"])
-def test_teacher_forced_logits_are_equivariant(seq2seq_model, seq2seq_tokenizer, batch, symmetrization):
-    model = wrap(seq2seq_model, seq2seq_tokenizer, symmetrization)
-    assert type(model) is EquivariantModelForSeq2SeqLM
-    decoder_ids = model.prepare_decoder_input_ids_from_labels(batch["labels"])
-    inputs = dict(attention_mask=batch["attention_mask"])
-    with torch.no_grad():
-        reference = model(input_ids=batch["input_ids"], decoder_input_ids=decoder_ids, **inputs).logits
-        base_reference = seq2seq_model(input_ids=batch["input_ids"], decoder_input_ids=decoder_ids, **inputs).logits
-        errors, base_errors = [], []
-        for g in all_elements(CLASS_LISTS):
-            p = element_permutation(seq2seq_tokenizer, CLASS_LISTS, g)
-            moved = dict(input_ids=p[batch["input_ids"]], decoder_input_ids=p[decoder_ids], **inputs)
-            errors.append((model(**moved).logits[..., p] - reference).abs().max().item())
-            base_errors.append((seq2seq_model(**moved).logits[..., p] - base_reference).abs().max().item())
-    assert max(errors) <= 1e-4
-    assert max(base_errors) > 1e-2  # negative control
-
-
-@pytest.mark.parametrize("symmetrization", ["equitune", "multi_equitune"])
-def test_greedy_generation_is_equivariant_and_cache_safe(seq2seq_model, seq2seq_tokenizer, batch, symmetrization):
-    model = wrap(seq2seq_model, seq2seq_tokenizer, symmetrization)
-    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-    assert torch.equal(out, model.generate(**inputs, max_new_tokens=8, do_sample=False, use_cache=False))
-    for g in all_elements(CLASS_LISTS):
-        p = element_permutation(seq2seq_tokenizer, CLASS_LISTS, g)
-        moved = model.generate(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"],
-                               max_new_tokens=8, do_sample=False)
-        assert torch.equal(moved, p[out]), g
 
 
 @pytest.mark.parametrize("deduplicate, rows", [(False, 5 * 3), (True, 4 * 3)])
@@ -74,17 +40,11 @@ def test_beam_search_with_cache_equals_without(seq2seq_model, seq2seq_tokenizer,
     assert torch.equal(cached, model.generate(**options, use_cache=False))
 
 
-def test_static_cache_gives_the_same_tokens(seq2seq_model, seq2seq_tokenizer, batch):
-    model = wrap(seq2seq_model, seq2seq_tokenizer)
-    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=6)
-    assert torch.equal(model.generate(**inputs, cache_implementation="static"), model.generate(**inputs))
-
-
 @pytest.mark.parametrize("symmetrization", ["equitune", "multi_equitune"])
 def test_hidden_states_and_attentions_are_those_of_copy_zero(seq2seq_model, seq2seq_tokenizer, batch, symmetrization):
     """Encoder and decoder hidden states, self- and cross-attentions of copy 0 (the input for equitune; race
     canonicalised for multi_equitune over (gender, race)), one per input row."""
-    model = wrap(seq2seq_model, seq2seq_tokenizer, symmetrization)
+    model = wrap(seq2seq_model, seq2seq_tokenizer, symmetrization=symmetrization)
     flags = dict(output_hidden_states=True, output_attentions=True)
     decoder_ids = model.prepare_decoder_input_ids_from_labels(batch["labels"])
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=decoder_ids,
@@ -120,14 +80,10 @@ def test_loss_is_the_unshifted_cross_entropy_of_the_symmetrised_distribution(seq
     torch.testing.assert_close(out.loss, expected)
 
 
-def test_save_load_round_trip(seq2seq_model, seq2seq_tokenizer, batch, tmp_path):
-    model = wrap(seq2seq_model, seq2seq_tokenizer)
-    model.save_pretrained(tmp_path)
-    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
-    assert type(loaded) is EquivariantModelForSeq2SeqLM
-    decoder_ids = model.prepare_decoder_input_ids_from_labels(batch["labels"])
-    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=decoder_ids)
-    assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
+def test_saved_card_names_the_seq2seq_pipeline(seq2seq_model, seq2seq_tokenizer, tmp_path):
+    """(Identical logits after save/load: the shared tester, test_common.py.)"""
+    wrap(seq2seq_model, seq2seq_tokenizer).save_pretrained(tmp_path)
+    assert type(AutoModelForSeq2SeqLM.from_pretrained(tmp_path)) is EquivariantModelForSeq2SeqLM
     assert "pipeline_tag: text2text-generation" in (tmp_path / "README.md").read_text()
     assert "AutoModelForSeq2SeqLM.from_pretrained" in (tmp_path / "README.md").read_text()
 

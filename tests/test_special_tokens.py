@@ -5,7 +5,7 @@ import json
 
 import pytest
 from conftest import GENDER_CLASSES, tiny_bart, tiny_gpt2, tiny_t5, word_tokenizer
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, GenerationConfig
 
 from hf_equivariant import EquivariantModelForCausalLM, WordSwapGroup, make_equivariant
 
@@ -15,7 +15,7 @@ SHE = TOKENIZER.convert_tokens_to_ids("she")  # moved by the gender group
 
 
 def message(name: str) -> str:
-    return rf"{name} = .*\b{SHE}\b.* holds token {SHE}, which group 'gender' moves \(orbit \[\d+, {SHE}\]\)"
+    return rf"{name} = .*\b{SHE}\b.* holds token {SHE}, which group 'gender' moves \(orbit \[\d+, {SHE}\]"
 
 
 @pytest.mark.parametrize("build", [tiny_gpt2, tiny_t5, tiny_bart])
@@ -60,3 +60,29 @@ def test_a_base_checkpoint_whose_special_token_is_a_group_word_is_refused(tmp_pa
     tokenizer.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=message("pad_token_id")):
         EquivariantModelForCausalLM.from_pretrained(tmp_path, groups=GROUPS)
+
+
+@pytest.mark.parametrize("build", [tiny_gpt2, tiny_bart])
+@pytest.mark.parametrize(
+    "name, value",
+    [("eos_token_id", SHE), ("eos_token_id", [3, SHE]), ("pad_token_id", SHE), ("bos_token_id", SHE),
+     ("decoder_start_token_id", SHE), ("forced_bos_token_id", SHE), ("forced_eos_token_id", SHE)],
+)
+@pytest.mark.parametrize("given_as", ["keyword", "generation_config"])
+def test_generate_refuses_special_ids_that_a_group_moves(build, name, value, given_as):
+    """Ids given to generate() itself (as keywords or in a GenerationConfig) are checked like the model's own."""
+    model = make_equivariant(build(len(TOKENIZER)), GROUPS, tokenizer=TOKENIZER)
+    inputs = TOKENIZER(["the man was a"], return_tensors="pt")
+    options = ({name: value} if given_as == "keyword" else
+               {"generation_config": GenerationConfig.from_dict({**model.generation_config.to_dict(), name: value})})
+    with pytest.raises(ValueError, match=r"generate\(\): .*" + message(name) + r"; the token is a form of a word "
+                       r"of class 1, \['woman', 'she', 'her', 'girl'\]"):
+        model.generate(**inputs, max_new_tokens=2, **options)
+    assert model.generate(**inputs, max_new_tokens=2, eos_token_id=3).shape[0] == 1  # an unmoved id is fine
+
+
+def test_a_forced_eos_token_that_a_group_moves_is_refused_when_wrapping():
+    model = tiny_bart(len(TOKENIZER))
+    model.generation_config.forced_eos_token_id = SHE
+    with pytest.raises(ValueError, match=message("forced_eos_token_id")):
+        make_equivariant(model, GROUPS, tokenizer=TOKENIZER)

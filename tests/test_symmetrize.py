@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import GENDER_CLASSES, ORIENTATION_CLASSES, RACE_CLASSES, all_elements, element_permutation
+from conftest import GENDER_CLASSES, ORIENTATION_CLASSES, RACE_CLASSES, ActionOracle, all_elements
 
 from hf_equivariant import TokenSwapGroup, WordSwapGroup
 from hf_equivariant.methods import count_copies
@@ -41,7 +41,8 @@ def canonicaliser(tokenizer, classes, vocab_size):
 
 
 def naive_equitune(model, ids, tokenizer, class_lists, average):
-    perms = [element_permutation(tokenizer, class_lists, g) for g in all_elements(class_lists)]
+    oracle = ActionOracle(tokenizer, class_lists, len(tokenizer), "token")
+    perms = [oracle.permutation(g) for g in all_elements(class_lists)]
     return pool([model(p[ids])[..., p] for p in perms], average)
 
 
@@ -56,9 +57,10 @@ def naive_multi_equitune(model, ids, tokenizer, class_lists, average):
             x = canonicaliser(tokenizer, classes, vocab_size)[x]
         outputs = []
         for g in range(len(own)):
-            p_g = element_permutation(tokenizer, [own], [g])
+            p_g = ActionOracle(tokenizer, [own], len(tokenizer), "token").permutation([g])
             z = model(p_g[x])
-            outputs += [z[..., p_g[element_permutation(tokenizer, others, h)]] for h in all_elements(others)]
+            others_oracle = ActionOracle(tokenizer, others, len(tokenizer), "token")
+            outputs += [z[..., p_g[others_oracle.permutation(h)]] for h in all_elements(others)]
         branches.append(outputs)
     f = activation(average)
     y = torch.stack([torch.stack([f(z) for z in outs]).mean(0) for outs in branches]).mean(0)
@@ -109,7 +111,8 @@ def test_transform_ids_applies_each_copy(tokenizer):
     plan = plan_copies(factors, "equitune")
     ids = tokenizer(["the Black man was"], return_tensors="pt")["input_ids"]
     copies = transform_ids(ids, support_lookup(plan.support, len(tokenizer)), plan.input_maps)
-    expected = {tuple(element_permutation(tokenizer, CLASS_LISTS[:2], g)[ids[0]].tolist())
+    oracle = ActionOracle(tokenizer, CLASS_LISTS[:2], len(tokenizer), "token")
+    expected = {tuple(oracle.permutation(g)[ids[0]].tolist())
                 for g in all_elements(CLASS_LISTS[:2])}
     assert {tuple(row.tolist()) for row in copies} == expected
     assert copies.shape == (6, ids.shape[1])

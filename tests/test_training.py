@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import GENDER_CLASSES, PROMPTS, RACE_CLASSES, tiny_gpt2, word_tokenizer
 from datasets import Dataset
-from test_causal import equivariance_error
+from testing_common import Case, EquivariantCommonTester, Vocabulary
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
 from hf_equivariant import WordSwapGroup, make_equivariant
@@ -44,8 +44,11 @@ def test_trainer_step_with_gradient_accumulation_equals_one_large_batch(tokenize
     # the loss is summed over tokens and divided by the tokens of the whole accumulated batch (num_items_in_batch)
     for p, q in zip(accumulated.parameters(), single.parameters()):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-5)
-    error, _ = equivariance_error(accumulated.eval(), tokenizer)
-    assert error <= 1e-4
+    vocabulary = Vocabulary(tokenizer, [GENDER_CLASSES, RACE_CLASSES], "word", PROMPTS, [], [])
+    tester, case = EquivariantCommonTester(), Case(accumulated.model, vocabulary)
+    errors = tester.equivariance_errors(accumulated.eval(), case, tester.forward_inputs(case, "left"),
+                                        vocabulary.elements())
+    assert len(errors) == 6 and max(errors.values()) <= 1e-4
 
 
 def test_trainer_with_gradient_checkpointing(tokenizer, tmp_path):

@@ -1,8 +1,9 @@
 """The word action: with a sub-word tokenizer the group swaps whole words, never the pieces of longer words.
 
-Checked against `WordActionOracle` (conftest), which works from decoded strings only, on a byte-level BPE
+Checked against `ActionOracle` (conftest), which works from decoded strings only, on a byte-level BPE
 tokenizer whose group tokens also occur as pieces ("Hispanics", "malevolent", "Blackstone", "Manning",
-"heather", "salesman").
+"heather", "salesman"). Equivariance on every architecture, action and setting is the shared tester's
+(testing_common.py, run by test_common.py); this file tests what is particular to the word action.
 """
 
 import json
@@ -10,18 +11,19 @@ import json
 import pytest
 import torch
 from conftest import (
-    ALL_ARCHITECTURES,
     ARCHITECTURES,
     BPE_GENDER_CLASSES,
+    BPE_MIXED_PROMPTS,
+    BPE_TIE_FREE_PROMPTS,
     ORIENTATION_CLASSES,
     RACE_CLASSES,
     SEQ2SEQ_ARCHITECTURES,
-    WordActionOracle,
-    all_elements,
+    ActionOracle,
     assert_no_glued_words,
-    assert_word_equivariant,
     bpe_tokenizer,
+    wrap,
 )
+from testing_common import EquivariantCommonTester, Setting, case
 from transformers import AutoModelForCausalLM
 
 from hf_equivariant import EquivariantModelForCausalLM, WordSwapGroup, make_equivariant
@@ -29,15 +31,8 @@ from hf_equivariant import EquivariantModelForCausalLM, WordSwapGroup, make_equi
 CLASS_LISTS = [BPE_GENDER_CLASSES, RACE_CLASSES, ORIENTATION_CLASSES]
 GROUPS = [WordSwapGroup("gender", BPE_GENDER_CLASSES), WordSwapGroup("race", RACE_CLASSES),
           WordSwapGroup("orientation", ORIENTATION_CLASSES)]
-# Whole words and pieces: "His" starts "Hispanics", " male" starts "malevolent", " Black" starts "Blackstone",
-# "Man" starts "Manning", " he" starts "heather" and "her" ends it, "man" ends "salesman".
-MIXED_PROMPTS = ["Hispanics met the Black man", "the malevolent Blackstone saw her son",
-                 "Manning and heather, a gay salesman", "Man, he said. His White son"]
 PIECES = {"Hispanics": "His", "malevolent": " male", "Blackstone": " Black", "Manning": "Man", "heather": " he",
           "salesman": "man"}
-# A whole word of every factor, so that no element but the identity fixes the prompt (no exact ties).
-TIE_FREE_PROMPTS = ["the gay Black man met Hispanics", "Manning saw the straight Asian woman", "He said: White, gay"]
-
 
 @pytest.fixture(scope="module")
 def bpe():
@@ -46,13 +41,7 @@ def bpe():
 
 @pytest.fixture(scope="module")
 def oracle(bpe):
-    return WordActionOracle(bpe, CLASS_LISTS, len(bpe))
-
-
-def wrapped(factory, tokenizer, **options):
-    base = factory(len(tokenizer))
-    base.generation_config.forced_eos_token_id = None
-    return make_equivariant(base, GROUPS, tokenizer, **options).eval()
+    return ActionOracle(bpe, CLASS_LISTS, len(bpe))
 
 
 def test_the_tokenizer_splits_longer_words_into_group_tokens_and_pieces(bpe):
@@ -61,29 +50,18 @@ def test_the_tokenizer_splits_longer_words_into_group_tokens_and_pieces(bpe):
         assert piece in [bpe.decode([i]) for i in ids] and len(ids) >= 3, word
 
 
-@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
-@pytest.mark.parametrize("symmetrization", ["equitune", "multi_equitune"])
-@pytest.mark.parametrize("average", ["log_probs", "logits", "probs"])
-def test_word_action_is_exactly_equivariant_for_every_element(bpe, oracle, architecture, symmetrization, average):
-    model = wrapped(ARCHITECTURES[architecture], bpe, symmetrization=symmetrization, average=average)
-    ids = bpe(MIXED_PROMPTS, return_tensors="pt", padding=True)["input_ids"]
-    assert max(assert_word_equivariant(model, oracle, ids, all_elements(CLASS_LISTS))) <= 1e-4
-
-
-@pytest.mark.parametrize("action", ["token", None])
-def test_negative_controls_fail_the_word_oracle(bpe, oracle, action):
-    """The token action (it swaps pieces too) and the unwrapped model are not word-equivariant."""
-    ids = bpe(MIXED_PROMPTS, return_tensors="pt", padding=True)["input_ids"]
-    base = ARCHITECTURES["gpt2"](len(bpe))
-    model = make_equivariant(base, GROUPS, bpe, action=action).eval() if action else base
-    for shifts in all_elements(CLASS_LISTS)[1:]:
-        with pytest.raises(AssertionError):
-            assert_word_equivariant(model, oracle, ids, [shifts], check_mask=False)
+def test_the_token_action_fails_the_word_oracle():
+    """It swaps pieces too (the unwrapped model fails the oracle in the shared tester, test_common.py)."""
+    tester, gpt2 = EquivariantCommonTester(), case("gpt2", Setting(action="word"))
+    token_action = wrap(gpt2.base, gpt2.vocab.tokenizer, GROUPS, action="token")
+    errors = tester.equivariance_errors(token_action, gpt2, tester.forward_inputs(gpt2, "right"),
+                                        gpt2.vocab.elements()[1:], check_mask=False)
+    assert min(errors.values()) > 1e-4, errors
 
 
 def test_pieces_are_the_same_in_every_copy(bpe, oracle):
-    model = wrapped(ARCHITECTURES["gpt2"], bpe, symmetrization="equitune")
-    ids = bpe(MIXED_PROMPTS, return_tensors="pt", padding=True)["input_ids"]
+    model = wrap(ARCHITECTURES["gpt2"](len(bpe)), bpe, GROUPS, symmetrization="equitune")
+    ids = bpe(BPE_MIXED_PROMPTS, return_tensors="pt", padding=True)["input_ids"]
     seen = []
     handle = model.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"]), with_kwargs=True)
     model.config.deduplicate = False
@@ -108,8 +86,8 @@ GENERATION_OPTIONS = [
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 @pytest.mark.parametrize("options", GENERATION_OPTIONS, ids=["greedy", "sampled", "beam"])
 def test_generation_glues_nothing_and_cache_and_deduplication_change_nothing(bpe, oracle, architecture, options):
-    model = wrapped(ARCHITECTURES[architecture], bpe)
-    batch = bpe(TIE_FREE_PROMPTS, return_tensors="pt", padding=True)
+    model = wrap(ARCHITECTURES[architecture](len(bpe)), bpe, GROUPS)
+    batch = bpe(BPE_TIE_FREE_PROMPTS, return_tensors="pt", padding=True)
     outputs = {}
     for use_cache, deduplicate in ((True, True), (True, False), (False, False)):
         model.config.deduplicate = deduplicate
@@ -121,44 +99,8 @@ def test_generation_glues_nothing_and_cache_and_deduplication_change_nothing(bpe
     assert_no_glued_words(oracle, reference, batch["input_ids"].shape[1])
 
 
-@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
-def test_greedy_generation_is_word_equivariant(bpe, oracle, architecture):
-    """generate(g.x) == g.generate(x) for every element, all moved prompts in one left-padded batch."""
-    model = wrapped(ARCHITECTURES[architecture], bpe)
-    rows = bpe(TIE_FREE_PROMPTS, add_special_tokens=False)["input_ids"]
-    elements = all_elements(CLASS_LISTS)
-    moved = [{"input_ids": oracle.act(row, shifts)} for shifts in elements for row in rows]
-    batch = bpe.pad(moved, return_tensors="pt")
-    out = model.generate(**batch, max_new_tokens=16, do_sample=False)
-    for k, (shifts, row) in enumerate((shifts, row) for shifts in elements for row in rows):
-        generated = out[k, batch["input_ids"].shape[1] - len(row):].tolist()
-        identity = out[elements.index((0, 0, 0)) * len(rows) + rows.index(row)]
-        assert generated == oracle.act(identity[batch["input_ids"].shape[1] - len(row):].tolist(), shifts)
-
-
-@pytest.mark.parametrize("architecture", sorted(SEQ2SEQ_ARCHITECTURES))
-def test_seq2seq_word_action_on_encoder_and_decoder_ids(architecture):
-    bpe = bpe_tokenizer(padding_side="right")
-    oracle = WordActionOracle(bpe, CLASS_LISTS, len(bpe))
-    model = wrapped(SEQ2SEQ_ARCHITECTURES[architecture], bpe)
-    source = bpe(MIXED_PROMPTS, return_tensors="pt", padding=True)["input_ids"]
-    target = bpe(MIXED_PROMPTS[::-1], return_tensors="pt", padding=True)["input_ids"]
-    for shifts in all_elements(CLASS_LISTS):
-        act = lambda ids: torch.tensor([oracle.act(r, shifts) for r in ids.tolist()])  # noqa: E731
-        with torch.no_grad():
-            y = model(input_ids=source, decoder_input_ids=target).logits
-            y_moved = model(input_ids=act(source), decoder_input_ids=act(target)).logits
-        perms = torch.stack([oracle.output_permutations(r, shifts) for r in target.tolist()])
-        glued = torch.stack([oracle.glued(r) for r in target.tolist()])
-        back = y_moved.gather(-1, perms)
-        assert torch.equal(torch.isneginf(y), glued) and torch.equal(torch.isneginf(back), glued)
-        assert (back - y).masked_fill(glued, 0).abs().max() <= 1e-4
-    generated = model.generate(input_ids=source, max_new_tokens=12, do_sample=False)
-    assert_no_glued_words(oracle, generated, 1)
-
-
 def test_continuing_from_a_cache_needs_the_preceding_token(bpe):
-    model = wrapped(ARCHITECTURES["gpt2"], bpe)
+    model = wrap(ARCHITECTURES["gpt2"](len(bpe)), bpe, GROUPS)
     ids = bpe(["the Black man met Hispanics"], return_tensors="pt")["input_ids"]
     out = model(input_ids=ids[:, :-1], use_cache=True)
     with pytest.raises(ValueError, match="preceding_token_ids"):
@@ -169,8 +111,8 @@ def test_continuing_from_a_cache_needs_the_preceding_token(bpe):
 
 
 def test_word_action_round_trips_and_old_checkpoints_load_as_token_action(bpe, tmp_path):
-    batch = bpe(MIXED_PROMPTS, return_tensors="pt", padding=True)
-    model = wrapped(ARCHITECTURES["llama"], bpe)
+    batch = bpe(BPE_MIXED_PROMPTS, return_tensors="pt", padding=True)
+    model = wrap(ARCHITECTURES["llama"](len(bpe)), bpe, GROUPS)
     assert model.config.action == "word" and model.acts_on_words
     model.save_pretrained(tmp_path / "word")
     loaded = EquivariantModelForCausalLM.from_pretrained(tmp_path / "word")
@@ -225,20 +167,19 @@ def test_glued_words_counts_group_words_continued_by_a_piece(bpe):
     assert count("a salesman, the Black man. His son") == 0  # "man" ends "salesman" but begins no word
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["static", "compiled-static"])
-def test_static_cache_generation_with_the_word_action(bpe, oracle, compiled):
-    """The glue mask and the preceding token reach the (compiled) static-cache decoding steps."""
+def test_compiled_static_cache_generation_with_the_word_action(bpe, oracle):
+    """The glue mask and the preceding token reach the compiled static-cache decoding steps (the static cache
+    itself: the shared tester, test_common.py)."""
     from transformers import CompileConfig
 
-    model = wrapped(ARCHITECTURES["llama"], bpe)
-    batch = bpe(TIE_FREE_PROMPTS, return_tensors="pt", padding=True)
+    model = wrap(ARCHITECTURES["llama"](len(bpe)), bpe, GROUPS)
+    batch = bpe(BPE_TIE_FREE_PROMPTS, return_tensors="pt", padding=True)
     dynamic = model.generate(**batch, max_new_tokens=8, do_sample=False)
-    options = {}
-    if compiled:
-        options["compile_config"] = CompileConfig(mode="default", dynamic=False)
-        options["compile_config"]._compile_all_devices = True
-        torch._dynamo.reset()
-    static = model.generate(**batch, max_new_tokens=8, do_sample=False, cache_implementation="static", **options)
+    compile_config = CompileConfig(mode="default", dynamic=False)
+    compile_config._compile_all_devices = True
+    torch._dynamo.reset()
+    static = model.generate(**batch, max_new_tokens=8, do_sample=False, cache_implementation="static",
+                            compile_config=compile_config)
     assert torch.equal(static, dynamic)
     assert_no_glued_words(oracle, static, batch["input_ids"].shape[1])
 
@@ -260,10 +201,10 @@ def test_forms_that_begin_or_end_words_differently_are_dropped():
 def test_resized_vocabulary_keeps_the_word_boundaries(bpe, tmp_path):
     from hf_equivariant import check_equivariance
 
-    model = wrapped(ARCHITECTURES["gpt2"], bpe)
+    model = wrap(ARCHITECTURES["gpt2"](len(bpe)), bpe, GROUPS)
     model.resize_token_embeddings(len(bpe) + 3)  # added tokens stand alone: a boundary on both sides
     assert model.plan_before.shape == (len(bpe) + 3,) and model.plan_before[-3:].all()
-    ids = bpe(MIXED_PROMPTS, return_tensors="pt", padding=True)["input_ids"]
+    ids = bpe(BPE_MIXED_PROMPTS, return_tensors="pt", padding=True)["input_ids"]
     ids = torch.cat([ids, torch.full((len(ids), 1), len(bpe) + 1)], dim=1)
     assert max(check_equivariance(model, {"input_ids": ids}).values()) <= 1e-4
     model.save_pretrained(tmp_path)
@@ -272,8 +213,8 @@ def test_resized_vocabulary_keeps_the_word_boundaries(bpe, tmp_path):
 
 
 def test_logits_to_keep_as_positions(bpe):
-    model = wrapped(ARCHITECTURES["llama"], bpe)
-    ids = bpe(MIXED_PROMPTS[:2], return_tensors="pt", padding=True)["input_ids"]
+    model = wrap(ARCHITECTURES["llama"](len(bpe)), bpe, GROUPS)
+    ids = bpe(BPE_MIXED_PROMPTS[:2], return_tensors="pt", padding=True)["input_ids"]
     full = model(input_ids=ids).logits
     for keep in (torch.tensor([1, 4]), torch.tensor([0])):
         torch.testing.assert_close(model(input_ids=ids, logits_to_keep=keep).logits, full[:, keep])
@@ -281,7 +222,7 @@ def test_logits_to_keep_as_positions(bpe):
 
 def test_seq2seq_labels_ending_in_a_glued_piece_have_a_finite_loss():
     bpe = bpe_tokenizer(padding_side="right")
-    model = wrapped(SEQ2SEQ_ARCHITECTURES["bart"], bpe)
+    model = wrap(SEQ2SEQ_ARCHITECTURES["bart"](len(bpe)), bpe, GROUPS)
     source = bpe(["the Black man"], return_tensors="pt")["input_ids"]
     labels = bpe(["the Blackstone"], add_special_tokens=False, return_tensors="pt")["input_ids"][:, :3]  # " Black" "s"
     assert bpe.decode(labels[0, -2:]) == " Blacks"
@@ -290,7 +231,7 @@ def test_seq2seq_labels_ending_in_a_glued_piece_have_a_finite_loss():
 
 @pytest.mark.parametrize("option", [{"prompt_lookup_num_tokens": 2}, {"prefill_chunk_size": 2}])
 def test_generation_modes_that_escape_the_glue_mask_are_refused(bpe, option):
-    model = wrapped(ARCHITECTURES["gpt2"], bpe)
+    model = wrap(ARCHITECTURES["gpt2"](len(bpe)), bpe, GROUPS)
     with pytest.raises(ValueError, match=f"{next(iter(option))}: not supported with the word action"):
         model.generate(**bpe(["the Black man"], return_tensors="pt"), max_new_tokens=3, **option)
 
@@ -306,19 +247,3 @@ def test_added_tokens_are_read_from_their_text_unless_special():
     assert not before[ly] and before[zz] and before[mask] and after[mask]
 
 
-@pytest.mark.parametrize("architecture", sorted(ALL_ARCHITECTURES))
-def test_every_causal_architecture_is_word_equivariant_in_forward_and_generation(bpe, oracle, architecture):
-    """Forward scores for three elements (one per factor and their product) and greedy generation with a
-    left-padded batch, on every tiny causal architecture, against the word oracle."""
-    model = wrapped(ALL_ARCHITECTURES[architecture], bpe)
-    ids = bpe(MIXED_PROMPTS, return_tensors="pt", padding=True)["input_ids"]
-    assert max(assert_word_equivariant(model, oracle, ids, [(1, 0, 0), (0, 2, 0), (1, 1, 1)])) <= 1e-4
-    rows = bpe(TIE_FREE_PROMPTS, add_special_tokens=False)["input_ids"]
-    moved = [{"input_ids": oracle.act(row, shifts)} for shifts in [(0, 0, 0), (1, 2, 1)] for row in rows]
-    batch = bpe.pad(moved, return_tensors="pt")
-    out = model.generate(**batch, max_new_tokens=8, do_sample=False)
-    width = batch["input_ids"].shape[1]
-    for k, row in enumerate(rows):
-        identity = out[k, width - len(row):].tolist()
-        assert out[len(rows) + k, width - len(row):].tolist() == oracle.act(identity, (1, 2, 1))
-    assert_no_glued_words(oracle, out, width)
