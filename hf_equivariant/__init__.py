@@ -1,6 +1,6 @@
 """hf-equivariant: exactly equivariant HuggingFace language models over products of word-swap groups."""
 
-from . import presets
+from . import lambda_equitune, presets  # noqa: F401 (lambda_equitune registers its methods)
 from .check import check_equivariance
 from .configuration_equivariant import EquivariantConfig
 from .groups import TokenSwapGroup, WordSwapGroup, resolve_groups

@@ -132,6 +132,10 @@ class CopyWeights(nn.Module):
     def forward(self, scores: CopyScores) -> torch.Tensor:
         raise NotImplementedError
 
+    def reset_parameters(self) -> None:
+        """Initialise the parameters (the wrapper's `_init_weights` calls it for parameters a checkpoint lacks);
+        with `transformers.initialization`, which leaves loaded parameters alone. Nothing for no parameters."""
+
 
 def branch_scale(weights: torch.Tensor, branches: torch.Tensor) -> torch.Tensor:
     """[K, B, ...] weights a_k >= 0 -> factors on the plan's copy weights: |b| * a_k / sum_{j in b} a_j for the
