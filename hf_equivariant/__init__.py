@@ -1,7 +1,7 @@
 """hf-equivariant: exactly equivariant HuggingFace models: language models over products of word-swap groups,
 image classifiers and CLIP over rotations and mirror images."""
 
-from . import presets
+from . import lambda_equitune, presets  # noqa: F401 (lambda_equitune registers its methods)
 from .check import check_equivariance
 from .configuration_equivariant import EquivariantConfig
 from .configuration_vision import EquivariantVisionConfig

@@ -136,6 +136,10 @@ class CopyWeights(nn.Module):
     def forward(self, scores: CopyScores) -> torch.Tensor:
         raise NotImplementedError
 
+    def reset_parameters(self) -> None:
+        """Initialise the parameters (the wrapper's `_init_weights` calls it for parameters a checkpoint lacks);
+        with `transformers.initialization`, which leaves loaded parameters alone. Nothing for no parameters."""
+
 
 PROXY_LOSSES = {
     # per position, from log-probabilities [..., V]; both are invariant to permuting the vocabulary

@@ -190,9 +190,14 @@ class EquivariantPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         # The plan buffers are not saved; from_pretrained leaves them empty and relies on this to refill them.
+        # A method's own parameters (its copy weights) that the checkpoint lacks start as the method says; the
+        # wrapper does it (called last, after its submodules), since transformers skips modules without parameters
+        # of their own in remote code. `reset_parameters` uses transformers.initialization: loaded ones stay.
         if module is self:
             for name, tensor in self._plan_tensors().items():
                 init.copy_(getattr(self, name), tensor)
+            if self.copy_weights is not None:
+                self.copy_weights.reset_parameters()
 
     def _apply(self, fn, recurse=True):
         """Behind .to(), .half(), .bfloat16(), .double(), .cuda(): the plan moves with the model, but its float

@@ -29,7 +29,8 @@ SCAN_II_ONLY_GROUPS = ("scan_ii_up_down", "scan_ii")  # up and down occur in SCA
 AXES = ("gender", "race", "sexual_orientation", "religion")
 SCAN_SPLITS = ("simple", "length", "addprim_jump", "addprim_turn_left", "template_around_right",
                "template_jump_around_right", "template_opposite_right", "template_right", "scan_ii")
-SYMMETRIZATIONS = ("equitune", "multi_equitune", "equizero", "multi_equizero", "canonicalize")
+SYMMETRIZATIONS = ("equitune", "multi_equitune", "equizero", "multi_equizero", "canonicalize", "lambda_equitune",
+                   "multi_lambda_equitune")
 AVERAGES = ("log_probs", "logits", "probs")
 ACTIONS = ("word", "token")
 DEFAULT_GROUPS = "gender,race"

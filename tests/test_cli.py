@@ -95,7 +95,8 @@ def test_help_imports_neither_torch_nor_transformers(command):
 
 @pytest.mark.parametrize("command, shown", [
     ([], ["make a pretrained HuggingFace language model exactly equivariant", "generate", "groups", "serve"]),
-    (["generate"], ["{equitune,multi_equitune,equizero,multi_equizero,canonicalize}", "(default: multi_equitune)",
+    (["generate"], ["{equitune,multi_equitune,equizero,multi_equizero,canonicalize,lambda_equitune,"
+                    "multi_lambda_equitune}", "(default: multi_equitune)",
                     "(default: 20)", "scan_ii",
                     "(default: word)", "{log_probs,logits,probs}"]),
     (["fairness"], ["gender, race, sexual_orientation, religion", "(default: gender,race)",

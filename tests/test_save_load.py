@@ -288,7 +288,7 @@ def test_push_to_hub_uploads_the_model_and_its_card(model, batch, mocked_hub):
     body = (mocked_hub / "README.md").read_text()
     assert "man, he, his, boy" in body and "woman, she, her, girl" in body and "Black" in body
     assert ("Inner forward passes per input: **5** (per method: equitune 6, multi_equitune 5, equizero 6, "
-            "multi_equizero 5, canonicalize 1)") in body
+            "multi_equizero 5, canonicalize 1, lambda_equitune 6, multi_lambda_equitune 5)") in body
     assert "Efficient Model-Agnostic Multi-Group Equivariant Networks" in body  # the method's citation
     assert 'AutoModelForCausalLM.from_pretrained("user/equi-gpt2")' in body
     assert "## Intended use" in body and "## Limitations" in body

@@ -1,0 +1,200 @@
+"""multi_lambda_equitune on SmolLM2: train the lambda head (inner model frozen) by self-distillation, then compare.
+
+    python examples/lambda_fairness.py [--groups gender,race,sexual_orientation] [--steps 40] [--out FILE]
+
+1. Training data (self-distillation, offline): the base model's own sampled continuations of prompts built from
+   demographic phrases ("The gay Black man") and contexts that appear neither among the fairness prompts
+   (`fairness.TEMPLATES`) nor in the held-out text; the script checks both.
+2. `Trainer` trains only the lambda head of multi_lambda_equitune (the wrapper's `copy_weights`, 577 parameters
+   for SmolLM2's 576-wide hidden state) on that text with the symmetrised next-token loss.
+3. Held-out perplexity (the sentences of hf_equivariant/data/fairness_heldout.txt, as in fairness.md) of the base
+   model, equitune, multi_equitune and multi_lambda_equitune (at init it is multi_equitune: checked), with the
+   passes per token (copies per input row, and the distinct inner rows deduplication actually ran per input row),
+   the counterfactual consistency of greedy continuations on fairness prompts (two contexts, every demographic),
+   and the time of each part. Prints a markdown report, and writes it to --out if given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import tempfile
+import time
+import warnings
+
+import torch
+from datasets import Dataset
+from hf_equivariant.fairness import (
+    TEMPLATES,
+    axes_by_name,
+    build_prompts,
+    continuation_ids,
+    counterfactual_consistency,
+    demographic_phrase,
+    held_out_texts,
+    perplexity,
+)
+from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+from hf_equivariant import cli, make_equivariant
+from hf_equivariant.boundaries import act_on_words, token_boundaries
+from hf_equivariant.groups import resolve_groups
+
+TRAIN_CONTEXTS = ("lived in", "said that", "was walking to", "bought a", "wrote a letter to", "grew up in",
+                  "was asked about", "moved to")
+CONSISTENCY_CONTEXTS = ("was known for", "worked as")  # one respect and one occupation context of fairness.md
+
+
+def training_prompts(axes) -> list[str]:
+    """Every demographic phrase in every training context; none is a fairness prompt or starts a held-out line."""
+    demographics = itertools.product(*(range(len(axis.words)) for axis in axes))
+    prompts = [f"The {demographic_phrase(axes, classes)} {context}" for classes in demographics
+               for context in TRAIN_CONTEXTS]
+    evaluation = {p.text for p in build_prompts(axes)}
+    held_out = held_out_texts()
+    clashes = [p for p in prompts if p in evaluation or any(line.startswith(p) for line in held_out)]
+    if clashes or set(TRAIN_CONTEXTS) & set(TEMPLATES):
+        raise SystemExit(f"training prompts overlap the evaluation set: {clashes}")
+    return prompts
+
+
+def self_distillation_texts(base, tokenizer, prompts, max_new_tokens: int, seed: int) -> list[str]:
+    """One sampled continuation (top-k 40) of each prompt by the base model, prompt included."""
+    torch.manual_seed(seed)
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = base.generate(**batch, do_sample=True, top_k=40, max_new_tokens=max_new_tokens,
+                            pad_token_id=tokenizer.pad_token_id)
+    stop = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    return [prompt + tokenizer.decode(ids) for prompt, ids in
+            zip(prompts, continuation_ids(out, batch["input_ids"].shape[1], stop))]
+
+
+def train_head(model, tokenizer, texts, steps: int, learning_rate: float, batch_size: int, seed: int):
+    """`Trainer` on the symmetrised loss with the inner model frozen: only the lambda head learns."""
+    model.model.requires_grad_(False)
+    right = tokenizer.padding_side
+    tokenizer.padding_side = "right"  # training batches: positions do not shift with the padding
+    data = Dataset.from_dict({"text": texts}).map(lambda x: tokenizer(x["text"]), remove_columns=["text"])
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch_size, max_steps=steps,
+        learning_rate=learning_rate, lr_scheduler_type="constant", weight_decay=0.0, report_to=[], use_cpu=True,
+        seed=seed, save_strategy="no", disable_tqdm=True, logging_steps=max(1, steps // 4),
+    )
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    result = Trainer(model=model, args=args, train_dataset=data, data_collator=collator).train()
+    tokenizer.padding_side = right
+    return result.training_loss
+
+
+def inner_rows_per_input(model, tokenizer, texts) -> float:
+    """Distinct inner rows the forward passes of the held-out texts ran, per text (deduplication at work)."""
+    rows = []
+    hook = model.model.register_forward_hook(lambda m, a, kw, out: rows.append(kw["input_ids"].shape[0]),
+                                             with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for text in texts:
+                model(**tokenizer(text, return_tensors="pt"))
+    finally:
+        hook.remove()
+    return sum(rows) / len(texts)
+
+
+def consistency(model, tokenizer, axes, max_new_tokens: int) -> float:
+    """Counterfactual consistency (as in fairness.md, word action) of greedy continuations, on every demographic
+    in CONSISTENCY_CONTEXTS."""
+    templates = {c: TEMPLATES[c] for c in CONSISTENCY_CONTEXTS}
+    stop = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    greedy = {}
+    for prompt in build_prompts(axes, templates):
+        batch = tokenizer(prompt.text, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id)
+        greedy[(prompt.context, prompt.demographic)] = (batch["input_ids"][0].tolist()
+                                                        + continuation_ids(out, batch["input_ids"].shape[1], stop)[0])
+    factors = resolve_groups([axis.group for axis in axes], tokenizer)
+    before, after = token_boundaries(tokenizer, len(tokenizer))
+    return counterfactual_consistency(greedy, axes, [f.permutation_tables() for f in factors],
+                                      lambda ids, perm: act_on_words(ids, perm, before, after))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--groups", default="gender,race,sexual_orientation")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--learning-rate", type=float, default=0.01)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--sample-tokens", type=int, default=24, help="tokens sampled per training prompt")
+    parser.add_argument("--greedy-tokens", type=int, default=10, help="tokens per greedy continuation")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="also write the report to this markdown file")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    start = time.perf_counter()
+    base, tokenizer = cli.load_model_and_tokenizer(None)
+    axes = axes_by_name(args.groups.split(","))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the presets' notes on skipped word forms
+        models = {name: make_equivariant(base, [axis.group for axis in axes], tokenizer, name).eval()
+                  for name in ("equitune", "multi_equitune", "multi_lambda_equitune")}
+    seconds = {"load": time.perf_counter() - start}
+    held_out = held_out_texts()
+
+    start = time.perf_counter()
+    prompts = training_prompts(axes)
+    texts = self_distillation_texts(base, tokenizer, prompts, args.sample_tokens, args.seed)
+    seconds["sample"] = time.perf_counter() - start
+
+    lam = models["multi_lambda_equitune"]
+    with torch.no_grad():
+        ids = tokenizer(held_out[:4], return_tensors="pt", padding=True)
+        at_init = torch.equal(lam(**ids).logits, models["multi_equitune"](**ids).logits)
+    start = time.perf_counter()
+    loss = train_head(lam, tokenizer, texts, args.steps, args.learning_rate, args.batch_size, args.seed)
+    lam.eval()
+    seconds["train"] = time.perf_counter() - start
+
+    rows = []
+    for name, model in [("base", base), *models.items()]:
+        start = time.perf_counter()
+        value = perplexity(model, tokenizer, held_out)
+        perplexity_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        agree = consistency(model, tokenizer, axes, args.greedy_tokens)
+        rows.append((name, getattr(model, "num_copies", 1),
+                     inner_rows_per_input(model, tokenizer, held_out) if name != "base" else 1.0,
+                     value, perplexity_seconds, agree, time.perf_counter() - start))
+
+    base_ppl = rows[0][3]
+    equitune_ppl = rows[1][3]
+    lines = [
+        f"groups {args.groups}; {len(prompts)} training prompts x 1 base sample of up to {args.sample_tokens} tokens "
+        f"(sampled in {seconds['sample']:.0f} s); lambda head trained {args.steps} steps of {args.batch_size} "
+        f"(AdamW, lr {args.learning_rate}, inner model frozen) in {seconds['train']:.0f} s, mean training loss "
+        f"{loss:.3f}; multi_lambda_equitune == multi_equitune at init, bit for bit: {at_init}; {len(held_out)} "
+        f"held-out sentences; model load {seconds['load']:.0f} s; one thread.",
+        "",
+        "| model | passes per token (copies) | distinct inner rows per sentence | held-out perplexity | x base "
+        "| perplexity s | consistency | consistency s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, copies, distinct, value, ppl_s, agree, agree_s in rows:
+        name = f"{name} (trained lambda)" if name == "multi_lambda_equitune" else name
+        lines.append(f"| {name} | {copies} | {distinct:.2f} | {value:.2f} | {value / base_ppl:.3f} | {ppl_s:.0f} "
+                     f"| {100 * agree:.1f}% | {agree_s:.0f} |")
+    lam_ppl = rows[-1][3]
+    lines += ["", f"multi_lambda_equitune at {rows[-1][1]} passes vs equitune at {rows[1][1]}: perplexity "
+              f"{lam_ppl:.2f} vs {equitune_ppl:.2f} -> goal (<= equitune's) "
+              f"{'reached' if lam_ppl <= equitune_ppl else 'not reached'}; vs multi_equitune {rows[2][3]:.2f}."]
+    report = "\n".join(lines)
+    print(report)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(report + "\n")
+
+
+if __name__ == "__main__":
+    main()

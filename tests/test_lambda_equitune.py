@@ -1,0 +1,240 @@
+"""lambda_equitune and multi_lambda_equitune (hf_equivariant.lambda_equitune), checked against the oracles of conftest.
+
+- At initialisation (zero head) they are equitune and multi_equitune bit for bit.
+- After Trainer steps on random token ids (inner model frozen; with the inner model; with LoRA) the weights are
+  no longer uniform, and every group element is exact for the word action (`ActionOracle`), with a negative
+  control (lambda of the wrong copy) that the same check catches.
+- The head is saved and loaded back (identical logits), missing heads start at zero, deduplication and the KV
+  cache change nothing, generation is equivariant, seq2seq too.
+"""
+
+import pytest
+import torch
+from conftest import (
+    BPE_GENDER_CLASSES,
+    GENDER_CLASSES,
+    PROMPTS,
+    RACE_CLASSES,
+    ActionOracle,
+    all_elements,
+    assert_word_equivariant,
+    bpe_tokenizer,
+    element_permutation,
+    tiny_gpt2,
+    tiny_llama,
+    tiny_t5,
+)
+from datasets import Dataset
+from peft import LoraConfig, get_peft_model
+from torch import nn
+from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+from hf_equivariant import EquivariantModelForCausalLM, WordSwapGroup, make_equivariant
+from hf_equivariant.lambda_equitune import LAMBDA_PAPER, LambdaWeights
+from hf_equivariant.methods import get_symmetrization
+
+LAMBDA_METHODS = {"lambda_equitune": "equitune", "multi_lambda_equitune": "multi_equitune"}
+BPE_CLASS_LISTS = [BPE_GENDER_CLASSES, RACE_CLASSES]
+BPE_GROUPS = [WordSwapGroup("gender", BPE_GENDER_CLASSES), WordSwapGroup("race", RACE_CLASSES)]
+WORD_CLASS_LISTS = [GENDER_CLASSES, RACE_CLASSES]
+WORD_GROUPS = [WordSwapGroup("gender", GENDER_CLASSES), WordSwapGroup("race", RACE_CLASSES)]
+# whole words of every factor (no element but the identity fixes them) and pieces ("His", " Black")
+BPE_PROMPTS = ["the Black man met Hispanics", "Blackstone saw the Asian woman", "He said: White, she"]
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return bpe_tokenizer(padding_side="right")  # right padding for training: positions do not shift
+
+
+@pytest.fixture(scope="module")
+def oracle(bpe):
+    return ActionOracle(bpe, BPE_CLASS_LISTS, len(bpe))
+
+
+class WrongCopyLambdaWeights(LambdaWeights):
+    """Negative control: copy k gets the lambda of copy k+1 (same head), so the weights no longer move with the
+    copies when the input is acted on."""
+
+    def forward(self, scores):
+        return super().forward(scores).roll(1, dims=0)
+
+
+def logits(model, **batch):
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def train(model, tokenizer, output_dir, steps=3, learning_rate=0.5):
+    """`steps` Trainer steps on random token ids (every id of the vocabulary may occur, group tokens and pieces)."""
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, len(tokenizer), (8, 12), generator=generator)  # no special tokens
+    data = Dataset.from_dict({"input_ids": ids.tolist()})
+    args = TrainingArguments(
+        output_dir=str(output_dir), per_device_train_batch_size=8, max_steps=steps, learning_rate=learning_rate,
+        lr_scheduler_type="constant", report_to=[], use_cpu=True, seed=0, save_strategy="no", disable_tqdm=True,
+    )
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    result = Trainer(model=model, args=args, train_dataset=data, data_collator=collator).train()
+    assert torch.isfinite(torch.tensor(result.training_loss))
+    return model.eval()
+
+
+def lambdas(wrapper, ids) -> torch.Tensor:
+    """lambda(g.x) of every copy row of `ids`, from the inner model and the head directly."""
+    copies = wrapper.transform_ids(ids, wrapper.word_occurrences(ids))
+    with torch.no_grad():
+        hidden = wrapper.model(input_ids=copies, output_hidden_states=True).hidden_states[-1]
+        return nn.functional.softplus(wrapper.copy_weights.head(hidden)).squeeze(-1)
+
+
+def test_registered_copy_counts_and_head():
+    for orders in [(2,), (2, 3), (2, 4, 3)]:
+        product, total = int(torch.tensor(orders).prod()), sum(orders)
+        assert get_symmetrization("lambda_equitune").num_copies(orders) == product
+        assert get_symmetrization("multi_lambda_equitune").num_copies(orders) == (total if len(orders) > 1 else product)
+    for name in LAMBDA_METHODS:
+        assert get_symmetrization(name).trainable and get_symmetrization(name).weights is LambdaWeights
+    tokenizer = bpe_tokenizer()
+    model = make_equivariant(tiny_llama(len(tokenizer)), BPE_GROUPS, tokenizer, symmetrization="multi_lambda_equitune")
+    assert model.num_copies == 5
+    head = model.copy_weights.head
+    assert head.weight.shape == (1, model.config.text_config.hidden_size)
+    assert not head.weight.any() and not head.bias.any()  # zero-initialised: lambda = 1
+
+
+@pytest.mark.parametrize("method", sorted(LAMBDA_METHODS))
+def test_at_initialisation_equals_the_uniform_method_bit_for_bit(base_model, tokenizer, seq2seq_tokenizer, method):
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    weighted = make_equivariant(base_model, WORD_GROUPS, tokenizer, symmetrization=method).eval()
+    uniform = make_equivariant(base_model, WORD_GROUPS, tokenizer, symmetrization=LAMBDA_METHODS[method]).eval()
+    assert weighted.num_copies == uniform.num_copies
+    assert torch.equal(logits(weighted, **batch), logits(uniform, **batch))
+    with torch.no_grad():  # the control: any non-zero head changes the result
+        weighted.copy_weights.head.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
+    assert (logits(weighted, **batch) - logits(uniform, **batch)).abs().max() > 1e-2
+
+    t5 = tiny_t5(len(seq2seq_tokenizer))
+    pairs = seq2seq_tokenizer(PROMPTS, text_target=["a man was", "she had her", "the White boy"],
+                              return_tensors="pt", padding=True)
+    outputs = [logits(make_equivariant(t5, WORD_GROUPS, seq2seq_tokenizer, symmetrization=name).eval(), **pairs)
+               for name in (method, LAMBDA_METHODS[method])]
+    assert torch.equal(*outputs)
+
+
+@pytest.mark.parametrize("method", sorted(LAMBDA_METHODS))
+def test_trained_head_alone_is_exact_for_every_element(bpe, oracle, tmp_path, method):
+    wrapper = make_equivariant(tiny_llama(len(bpe)), BPE_GROUPS, bpe, symmetrization=method)
+    inner = {name: p.detach().clone() for name, p in wrapper.model.named_parameters()}
+    wrapper.model.requires_grad_(False)  # the inner model frozen: only the head trains
+    assert [name for name, p in wrapper.named_parameters() if p.requires_grad] == [
+        "copy_weights.head.weight", "copy_weights.head.bias"]
+    ids = bpe(BPE_PROMPTS, return_tensors="pt", padding=True)["input_ids"]
+    uniform = make_equivariant(wrapper.model, BPE_GROUPS, bpe, symmetrization=LAMBDA_METHODS[method]).eval()
+    before = logits(uniform, input_ids=ids)
+
+    train(wrapper, bpe, tmp_path)
+    assert all(torch.equal(p, inner[name]) for name, p in wrapper.model.named_parameters())
+    assert wrapper.copy_weights.head.weight.abs().max() > 1e-3
+    lam = lambdas(wrapper, ids)
+    assert (lam.amax(0) / lam.amin(0)).max() > 1.01  # lambda differs between the copies of a position
+    trained = logits(wrapper, input_ids=ids)
+    assert (trained - before).nan_to_num(0.0).abs().max() > 1e-3  # no longer the uniform method
+
+    errors = assert_word_equivariant(wrapper, oracle, ids, all_elements(BPE_CLASS_LISTS))
+    assert len(errors) == 6 and max(errors) <= 1e-4
+    # negative control: lambda of the wrong copy, same trained head, is caught by the same check
+    wrong = WrongCopyLambdaWeights(wrapper.config)
+    wrong.load_state_dict(wrapper.copy_weights.state_dict())
+    wrapper.copy_weights = wrong
+    control = assert_word_equivariant(wrapper, oracle, ids, all_elements(BPE_CLASS_LISTS), atol=float("inf"))
+    assert max(control) > 1e-3
+
+
+def test_trains_with_the_inner_model_and_stays_exact(bpe, oracle, tmp_path):
+    wrapper = make_equivariant(tiny_llama(len(bpe)), BPE_GROUPS, bpe, symmetrization="multi_lambda_equitune")
+    inner = {name: p.detach().clone() for name, p in wrapper.model.named_parameters()}
+    train(wrapper, bpe, tmp_path, learning_rate=0.05)
+    assert max((p - inner[name]).abs().max() for name, p in wrapper.model.named_parameters()) > 1e-3
+    assert wrapper.copy_weights.head.weight.abs().max() > 1e-4
+    ids = bpe(BPE_PROMPTS, return_tensors="pt", padding=True)["input_ids"]
+    assert max(assert_word_equivariant(wrapper, oracle, ids, all_elements(BPE_CLASS_LISTS))) <= 1e-4
+
+
+def test_trains_beside_lora_and_stays_exact(bpe, oracle, tmp_path):
+    wrapper = make_equivariant(tiny_llama(len(bpe)), BPE_GROUPS, bpe, symmetrization="lambda_equitune")
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0,
+                      modules_to_save=["copy_weights.head"])
+    peft_model = get_peft_model(wrapper, lora)
+    trainable = [name for name, p in peft_model.named_parameters() if p.requires_grad]
+    assert any("lora_" in name for name in trainable) and any("copy_weights.head" in name for name in trainable)
+    assert all("lora_" in name or "copy_weights.head" in name for name in trainable)
+    train(peft_model, bpe, tmp_path, learning_rate=0.05)
+    head = peft_model.base_model.model.copy_weights.head
+    assert head.modules_to_save["default"].weight.abs().max() > 1e-4  # the head trained
+    ids = bpe(BPE_PROMPTS, return_tensors="pt", padding=True)["input_ids"]
+    errors = assert_word_equivariant(peft_model, oracle, ids, all_elements(BPE_CLASS_LISTS))
+    assert len(errors) == 6 and max(errors) <= 1e-4
+
+
+@pytest.mark.parametrize("method", sorted(LAMBDA_METHODS))
+def test_save_and_load_keep_the_head(bpe, tmp_path, method):
+    wrapper = make_equivariant(tiny_llama(len(bpe)), BPE_GROUPS, bpe, symmetrization=method)
+    wrapper.model.requires_grad_(False)
+    train(wrapper, bpe, tmp_path / "run")
+    ids = bpe(BPE_PROMPTS, return_tensors="pt", padding=True)["input_ids"]
+    wrapper.save_pretrained(tmp_path / "saved")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved").eval()
+    assert isinstance(loaded, EquivariantModelForCausalLM) and loaded.config.symmetrization == method
+    assert torch.equal(loaded.copy_weights.head.weight, wrapper.copy_weights.head.weight)
+    assert torch.equal(logits(loaded, input_ids=ids), logits(wrapper, input_ids=ids))
+    card = (tmp_path / "saved" / "README.md").read_text()
+    assert LAMBDA_PAPER in card
+
+
+def test_a_checkpoint_without_a_head_loads_with_a_zero_head(bpe, tmp_path):
+    uniform = make_equivariant(tiny_llama(len(bpe)), BPE_GROUPS, bpe, symmetrization="multi_equitune").eval()
+    uniform.save_pretrained(tmp_path)
+    loaded = EquivariantModelForCausalLM.from_pretrained(tmp_path, symmetrization="multi_lambda_equitune").eval()
+    head = loaded.copy_weights.head
+    assert not head.weight.any() and not head.bias.any()
+    ids = bpe(BPE_PROMPTS, return_tensors="pt", padding=True)["input_ids"]
+    assert torch.equal(logits(loaded, input_ids=ids), logits(uniform, input_ids=ids))
+
+
+def counted_inner_rows(wrapper, **batch):
+    """The logits and the number of inner rows the forward pass ran."""
+    rows = []
+    hook = wrapper.model.register_forward_hook(
+        lambda module, args, kwargs, out: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        out = logits(wrapper, **batch)
+    finally:
+        hook.remove()
+    return out, sum(rows)
+
+
+@pytest.mark.parametrize("method", sorted(LAMBDA_METHODS))
+def test_deduplication_cache_and_generation(tokenizer, tmp_path, method):
+    model = make_equivariant(tiny_gpt2(len(tokenizer)), WORD_GROUPS, tokenizer, symmetrization=method).eval()
+    with torch.no_grad():
+        model.copy_weights.head.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(1))
+    # no race word: the race factor fixes the prompt, so copies that differ only in race are run once
+    batch = tokenizer(["the man worked as a", "she was known for her"], return_tensors="pt", padding=True)
+    deduplicated, rows = counted_inner_rows(model, **batch)
+    model.config.deduplicate = False
+    every, all_rows = counted_inner_rows(model, **batch)
+    model.config.deduplicate = True
+    assert all_rows == model.num_copies * 2 and rows == 2 * 2  # two distinct gender copies per prompt
+    torch.testing.assert_close(deduplicated, every, atol=1e-5, rtol=1e-5)
+
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    for options in ({"do_sample": False}, {"num_beams": 3, "do_sample": False, "num_return_sequences": 2}):
+        cached = model.generate(**batch, max_new_tokens=6, **options)
+        assert torch.equal(cached, model.generate(**batch, max_new_tokens=6, use_cache=False, **options))
+    out = model.generate(**batch, max_new_tokens=6, do_sample=False)
+    for g in all_elements(WORD_CLASS_LISTS):
+        p = element_permutation(tokenizer, WORD_CLASS_LISTS, g)
+        moved = model.generate(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"],
+                               max_new_tokens=6, do_sample=False)
+        assert torch.equal(moved, p[out]), g
