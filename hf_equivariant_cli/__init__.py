@@ -31,6 +31,7 @@ SCAN_SPLITS = ("simple", "length", "addprim_jump", "addprim_turn_left", "templat
                "template_jump_around_right", "template_opposite_right", "template_right", "scan_ii")
 SYMMETRIZATIONS = ("equitune", "multi_equitune", "equizero", "multi_equizero", "canonicalize", "lambda_equitune",
                    "multi_lambda_equitune")
+CAUSAL_ONLY_SYMMETRIZATIONS = ("canonicalize",)  # methods that wrap no seq2seq model
 AVERAGES = ("log_probs", "logits", "probs")
 ACTIONS = ("word", "token")
 DEFAULT_GROUPS = "gender,race"
@@ -182,6 +183,8 @@ def build_parser() -> Parser:
     scan.add_argument("--groups", type=names(SCAN_GROUPS, "SCAN group"),
                       help=f"comma-separated SCAN groups: {', '.join(SCAN_GROUPS)} (if not given: scan_ii for "
                            "--split scan_ii, else scan_verbs)")
+    scan.add_argument("--symmetrization", type=names(SYMMETRIZATIONS, "method"), default=("equitune", "multi_equitune"),
+                      help=f"comma-separated methods to compare: {', '.join(SYMMETRIZATIONS)}")
     scan.add_argument("--seeds", type=seeds, default=(0, 1, 2), help="comma-separated random seeds")
     scan.add_argument("--pretrain-epochs", type=positive_float, default=6.0, help="epochs of the plain BART")
     scan.add_argument("--finetune-epochs", type=positive_float, default=1.0,
@@ -337,6 +340,8 @@ def check_arguments(args) -> None:
         if args.split != "scan_ii" and (wrong := [g for g in args.groups if g in SCAN_II_ONLY_GROUPS]):
             raise UsageError(f"--groups {','.join(wrong)} swaps up and down, which occur only in SCAN-II; use "
                              f"--split scan_ii, or scan_verbs/scan_directions for --split {args.split}")
+        if wrong := [m for m in args.symmetrization if m in CAUSAL_ONLY_SYMMETRIZATIONS]:
+            raise UsageError(f"--symmetrization {','.join(wrong)} wraps causal LMs only, not SCAN's seq2seq model")
         if args.d_model % 4:
             raise UsageError(f"--d-model {args.d_model} must be a multiple of 4 (the BART has 4 attention heads)")
         check_output(args.out, "--out")

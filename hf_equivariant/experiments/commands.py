@@ -243,7 +243,7 @@ def scan_command(args) -> None:
         split=args.split, groups=tuple(names), seeds=args.seeds,
         pretrain_epochs=args.pretrain_epochs, finetune_epochs=args.finetune_epochs,
         max_train_examples=args.max_train_examples, max_eval_examples=args.max_eval_examples,
-        d_model=args.d_model, num_layers=args.layers,
+        d_model=args.d_model, num_layers=args.layers, symmetrizations=args.symmetrization,
     )
     table = results_table(run(config))
     print(table)
