@@ -13,6 +13,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach t
 
 import pytest
 import torch
+
+# The models here are tiny: one thread runs them faster than two threads contending for the two cores.
+torch.set_num_threads(1)
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     BambaConfig,
