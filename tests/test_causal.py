@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import (
     ALL_ARCHITECTURES,
+    GENDER_CLASSES,
     PROMPTS,
     RACE_CLASSES,
     tiny_gpt2,
@@ -230,3 +231,20 @@ def test_plan_follows_the_inner_model_device(tokenizer):
     base = tiny_llama(len(tokenizer)).to("meta")
     model = wrap(base, tokenizer, symmetrization="multi_equitune")
     assert {buffer.device.type for buffer in model.buffers()} == {"meta"}
+
+
+@pytest.mark.parametrize("symmetrization", ["equitune", "multi_equitune"])
+def test_a_prompt_fixed_by_an_element_ties_exactly_the_words_it_swaps(tokenizer, symmetrization):
+    """README, "Ties": with kind="symmetric", "the Black man" is fixed by White<->Asian, so the next-token
+    scores of White and Asian are tied (and greedy decoding breaks the tie by token id, not equivariantly).
+    With kind="cyclic" only the identity fixes that prompt, and there is no tie."""
+    vocab = tokenizer.get_vocab()
+    ids = tokenizer(["the Black man worked as a"], return_tensors="pt").input_ids
+    gaps = {}
+    for kind in ("symmetric", "cyclic"):
+        groups = [WordSwapGroup("gender", GENDER_CLASSES), WordSwapGroup("race", RACE_CLASSES, kind=kind)]
+        model = wrap(tiny_gpt2(len(tokenizer)), tokenizer, groups, symmetrization=symmetrization)
+        with torch.no_grad():
+            scores = model(input_ids=ids).logits[0, -1].log_softmax(-1)
+        gaps[kind] = (scores[vocab["White"]] - scores[vocab["Asian"]]).abs().item()
+    assert gaps["symmetric"] <= 1e-5 and gaps["cyclic"] > 1e-3, gaps
