@@ -83,7 +83,7 @@ def saved(bpe, oracle, tmp_path_factory):
     folder = tmp_path_factory.mktemp("served")
     base = tiny_llama(len(bpe))
     with torch.no_grad():
-        base.lm_head.weight[[t for t in oracle.orbit_of if oracle.starts_with_space[t]]] *= 2.0
+        base.lm_head.weight[[t for t in oracle.orbit_of if oracle.texts[t][:1].isspace()]] *= 2.0
     make_equivariant(base, GROUPS, bpe).save_pretrained(folder)
     bpe.save_pretrained(folder)
     return folder
