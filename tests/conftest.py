@@ -13,9 +13,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach t
 
 import pytest
 import torch
-
-# The models here are tiny: one thread runs them faster than two threads contending for the two cores.
-torch.set_num_threads(1)
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     BambaConfig,
@@ -70,6 +67,10 @@ from transformers import (
 )
 
 from hf_equivariant import EquivariantModelForCausalLM, EquivariantModelForSeq2SeqLM, WordSwapGroup
+
+# The models here are tiny: one thread runs them faster than two threads contending for the two cores.
+torch.set_num_threads(1)
+
 
 SPECIAL = ["<pad>", "<unk>", "<s>", "</s>"]
 WORDS = (
@@ -491,6 +492,23 @@ class ActionOracle:
 def element_permutation(tokenizer, class_lists, shifts, vocab_size=None) -> torch.Tensor:
     """[V] long: the oracle's token action of element `shifts` on the vocabulary (every group token moved)."""
     return ActionOracle(tokenizer, class_lists, vocab_size or len(tokenizer), "token").permutation(shifts)
+
+
+def seq2seq_token_errors(model, tokenizer, class_lists, prompts, targets) -> list[float]:
+    """Teacher-forced seq2seq logits under the token action (word-level tokenizer): for every element g,
+    max |M(g.x, g.y)[..., p_g] - M(x, y)|, with p_g the oracle's vocabulary permutation."""
+    batch = tokenizer(prompts, text_target=targets, return_tensors="pt", padding=True)
+    decoder_ids = model.prepare_decoder_input_ids_from_labels(batch["labels"])
+    errors = []
+    with torch.no_grad():
+        reference = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          decoder_input_ids=decoder_ids).logits
+        for g in all_elements(class_lists):
+            p = element_permutation(tokenizer, class_lists, g)
+            moved = model(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"],
+                          decoder_input_ids=p[decoder_ids]).logits
+            errors.append((moved[..., p] - reference).abs().max().item())
+    return errors
 
 
 def assert_word_equivariant(model, oracle, ids, elements, atol=1e-4, check_mask=True) -> list[float]:

@@ -14,6 +14,7 @@ from conftest import (
     assert_word_equivariant,
     bpe_tokenizer,
     element_permutation,
+    seq2seq_token_errors,
     tiny_gpt2,
     tiny_t5,
 )
@@ -190,18 +191,8 @@ def test_word_action_with_a_subword_tokenizer_is_exact_for_every_element(symmetr
 @pytest.mark.parametrize("symmetrization", METHODS)
 def test_seq2seq_logits_are_equivariant(seq2seq_tokenizer, symmetrization):
     model = wrap(tiny_t5(len(seq2seq_tokenizer)), seq2seq_tokenizer, symmetrization)
-    batch = seq2seq_tokenizer(FIXED_PROMPTS[:4], text_target=["a man was", "she had her", "the White boy", "the"],
-                              return_tensors="pt", padding=True)
-    decoder_ids = model.prepare_decoder_input_ids_from_labels(batch["labels"])
-    with torch.no_grad():
-        reference = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          decoder_input_ids=decoder_ids).logits
-        errors = []
-        for g in all_elements(CLASS_LISTS):
-            p = element_permutation(seq2seq_tokenizer, CLASS_LISTS, g)
-            moved = model(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"],
-                          decoder_input_ids=p[decoder_ids]).logits
-            errors.append((moved[..., p] - reference).abs().max().item())
+    errors = seq2seq_token_errors(model, seq2seq_tokenizer, CLASS_LISTS, FIXED_PROMPTS[:4],
+                                  ["a man was", "she had her", "the White boy", "the"])
     assert len(errors) == 6 and max(errors) <= 1e-4
 
 

@@ -8,7 +8,16 @@ equivariance for every group element (causal and seq2seq, logits and generation)
 
 import pytest
 import torch
-from conftest import GENDER_CLASSES, PROMPTS, RACE_CLASSES, all_elements, element_permutation, tiny_gpt2, tiny_t5
+from conftest import (
+    GENDER_CLASSES,
+    PROMPTS,
+    RACE_CLASSES,
+    all_elements,
+    element_permutation,
+    seq2seq_token_errors,
+    tiny_gpt2,
+    tiny_t5,
+)
 from torch import nn
 
 from hf_equivariant import EquivariantConfig, EquivariantModelForCausalLM, WordSwapGroup, make_equivariant
@@ -138,18 +147,8 @@ def test_plugin_generation_is_equivariant(tokenizer):
 
 def test_plugin_on_a_seq2seq_model_is_equivariant(seq2seq_tokenizer):
     model = wrap(tiny_t5(len(seq2seq_tokenizer)), seq2seq_tokenizer)
-    batch = seq2seq_tokenizer(PROMPTS, text_target=["a man was", "she had her", "the White boy"],
-                              return_tensors="pt", padding=True)
-    decoder_ids = model.prepare_decoder_input_ids_from_labels(batch["labels"])
-    with torch.no_grad():
-        reference = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          decoder_input_ids=decoder_ids).logits
-        errors = []
-        for g in all_elements(CLASS_LISTS):
-            p = element_permutation(seq2seq_tokenizer, CLASS_LISTS, g)
-            moved = model(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"],
-                          decoder_input_ids=p[decoder_ids]).logits
-            errors.append((moved[..., p] - reference).abs().max().item())
+    errors = seq2seq_token_errors(model, seq2seq_tokenizer, CLASS_LISTS, PROMPTS,
+                                  ["a man was", "she had her", "the White boy"])
     assert len(errors) == 6 and max(errors) <= 1e-4
 
 
