@@ -38,16 +38,18 @@ import base64
 import dataclasses
 import unicodedata
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .groups import TokenSwapGroup
+if TYPE_CHECKING:
+    from .groups import TokenSwapGroup
 
 ACTIONS = ("word", "token")
 
 
-def _is_boundary_character(character: str) -> bool:
+def is_boundary_character(character: str) -> bool:
     """Not a word character (see the module docstring)."""
     return not (character.isalnum() or character == "\ufffd" or unicodedata.category(character)[0] == "M")
 
@@ -69,8 +71,8 @@ def token_boundaries(tokenizer, vocab_size: int) -> tuple[torch.Tensor, torch.Te
     texts = token_texts(tokenizer, vocab_size)
     added = getattr(tokenizer, "added_tokens_decoder", {})
     special = set(tokenizer.all_special_ids) | {i for i, token in added.items() if token.special}
-    before = torch.tensor([i in special or not text or _is_boundary_character(text[0]) for i, text in enumerate(texts)])
-    after = torch.tensor([i in special or not text or _is_boundary_character(text[-1]) for i, text in enumerate(texts)])
+    before = torch.tensor([i in special or not text or is_boundary_character(text[0]) for i, text in enumerate(texts)])
+    after = torch.tensor([i in special or not text or is_boundary_character(text[-1]) for i, text in enumerate(texts)])
     if not bool(before[sorted(set(range(len(texts))) - special)].any()):
         raise ValueError("no token of this tokenizer begins a word (none begins with whitespace or punctuation): "
                          'it cannot say where words end; use action="token"')

@@ -9,15 +9,34 @@ class, that every element permutes the same way. A row comes from one position j
 form of its words (plain, leading space, capitalised, both). From the orbits follow the permutation
 table p_g over the vocabulary (p_g[v] = g(v), identity off the orbits), its inverse, and the
 canonicaliser (every orbit token -> the class-0 token of its row).
+
+Before it meets a tokenizer, a factor acts on text as a reader sees it (`WordSwapGroup.act`): on whole
+words, in their plain and capitalised forms. A *word occurrence* of a form f at characters [i, j) of a text
+is one where a word begins and ends, with the character rule of `boundaries` (word characters are letters,
+digits, combining marks and U+FFFD):
+
+  begins = i = 0  or  text[i-1] is a boundary character  or  f begins with one
+  ends   = j = len(text)  or  text[j] is a boundary character  or  f ends with one
+
+the same rule that `boundaries` applies to tokens (so "Jackson" holds no occurrence of "son"). Occurrences
+are taken left to right, the longest form first at each start. The element sigma replaces each occurrence
+of the form of class c by the same form of class sigma(c). The forms of a row agree on whether they begin
+and end with a boundary character, so g . text has its occurrences where text has them, and the word action
+is a group action: (g h) . text = g . (h . text), as long as no form occurs inside another form at a boundary
+character within it (true of the presets: their forms hold letters, digits and underscores only).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
+import re
 import warnings
 from dataclasses import dataclass
 
 import torch
+
+from .boundaries import is_boundary_character
 
 KINDS = ("cyclic", "symmetric")
 
@@ -101,12 +120,108 @@ class WordSwapGroup:
             raise ValueError(f"group {self.name!r}: classes are empty")
 
     @property
+    def elements(self) -> list[tuple[int, ...]]:
+        """The permutations sigma of the classes, identity first (`class_permutations`)."""
+        return class_permutations(self.kind, len(self.classes))
+
+    @property
     def order(self) -> int:
-        return len(class_permutations(self.kind, len(self.classes)))
+        return len(self.elements)
 
     @property
     def words(self) -> set[str]:
         return {word for words in self.classes for word in words}
+
+    @functools.cached_property
+    def text_orbits(self) -> tuple[tuple[str, ...], ...]:
+        """Rows of texts, one per class, that every element permutes as it permutes the classes: for each
+        position j, its words and their capitalised forms (`word_forms` without the leading space, which a reader
+        sees between words, not in them). As in `resolve`, a row that repeats a text of an earlier row of its
+        position (a word that is its own capitalisation, "LGBT") is left out, and so is a row whose texts
+        disagree on beginning or ending with a boundary character (as `boundaries.word_forms_only` does)."""
+        rows = []
+        for j in range(len(self.classes[0])):
+            taken = set()
+            for texts in dict.fromkeys(zip(*(word_forms(words[j])[::2] for words in self.classes))):
+                edges = {(is_boundary_character(t[0]), is_boundary_character(t[-1])) for t in texts}
+                if taken.isdisjoint(texts) and len(edges) == 1:
+                    rows.append(texts)
+                    taken.update(texts)
+        _check_orbits(self.name, rows, repr)
+        return tuple(rows)
+
+    @functools.cached_property
+    def _text_lookup(self) -> tuple[re.Pattern, list[str], dict[str, tuple[int, int]]]:
+        """(a pattern finding where any form starts, the forms longest first, form -> (row, class))."""
+        place = {text: (r, c) for r, row in enumerate(self.text_orbits) for c, text in enumerate(row)}
+        forms = sorted(place, key=len, reverse=True)
+        return re.compile("(?=" + "|".join(map(re.escape, forms)) + ")"), forms, place
+
+    def occurrences(self, text: str) -> list[tuple[int, int, int, int]]:
+        """The word occurrences of the group's forms in `text` (module docstring), left to right:
+        (start, end, row of `text_orbits`, class)."""
+        starts, forms, place = self._text_lookup
+        found, end = [], 0
+        for start in (m.start() for m in starts.finditer(text)):
+            if start < end:
+                continue
+            for form in forms:
+                stop = start + len(form)
+                if (text.startswith(form, start)
+                        and (start == 0 or is_boundary_character(text[start - 1]) or is_boundary_character(form[0]))
+                        and (stop == len(text) or is_boundary_character(text[stop])
+                             or is_boundary_character(form[-1]))):
+                    found.append((start, stop, *place[form]))
+                    end = stop
+                    break
+        return found
+
+    def _replace(self, text: str, choose) -> str:
+        """`text` with each occurrence (row r, class c) replaced by text_orbits[r][choose(c)]."""
+        pieces, last = [], 0
+        for start, stop, row, c in self.occurrences(text):
+            pieces += [text[last:start], self.text_orbits[row][choose(c)]]
+            last = stop
+        return "".join(pieces) + text[last:]
+
+    def act(self, text: str | list[str], index):
+        """The word action on text: element `index` (an int) applied to a text or a list of texts, of the same
+        form; for a sequence or [K] tensor of element indices, the K results, copy-major (as `symmetry` says).
+        Element sigma sends each word occurrence of class c to the same form of class sigma(c)."""
+        if not isinstance(index, int):
+            return [self.act(text, int(k)) for k in index]
+        if not isinstance(text, str):
+            return [self.act(t, index) for t in text]
+        sigma = self.elements[index]
+        return self._replace(text, sigma.__getitem__)
+
+    def output_permutations(self, tokenizer=None, vocab_size: int | None = None) -> torch.Tensor:
+        """[|G|, V]: the action on a model's scores over a vocabulary, which exists only with a tokenizer:
+        `resolve(tokenizer, vocab_size).output_permutations()` (see `TokenSwapGroup`). On generated text the
+        output action is `act` itself. Raises without a tokenizer rather than return None, which in the
+        protocol means invariant outputs."""
+        if tokenizer is None:
+            raise ValueError(
+                f"group {self.name!r} is given as words: its action on a model's scores permutes a vocabulary, so "
+                f"pass the model's tokenizer (output_permutations(tokenizer)), or act on generated text with act()"
+            )
+        return self.resolve(tokenizer, vocab_size).output_permutations()
+
+    def canonicalize(self, text: str | list[str]) -> str | list[str]:
+        """The least text, in code-point order, of the orbit {g . text}: the same for every g . text (the orbits
+        of a group action are equal or disjoint) and in the orbit by construction. |G| word actions."""
+        if not isinstance(text, str):
+            return [self.canonicalize(t) for t in text]
+        return min(self.act(text, range(self.order)))
+
+    def to_dict(self) -> dict:
+        """The JSON form of config files and `--groups-file`: name, classes, kind, skip_missing."""
+        return {"name": self.name, "classes": [list(c) for c in self.classes], "kind": self.kind,
+                "skip_missing": self.skip_missing}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> WordSwapGroup:
+        return cls(**data)
 
     def resolve(self, tokenizer, vocab_size: int | None = None) -> TokenSwapGroup:
         """The token-level group: one orbit per position and surface form that is a single token in every class.
@@ -222,8 +337,7 @@ class TokenSwapGroup:
     dropped: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self):
-        WordSwapGroup(self.name, self.classes, self.kind)  # name, kind and classes as a word group requires them
-        object.__setattr__(self, "classes", tuple(tuple(c) for c in self.classes))
+        object.__setattr__(self, "classes", self.word_group.classes)  # name, kind and classes checked as words
         object.__setattr__(self, "orbits", tuple(tuple(int(t) for t in o) for o in self.orbits))
         object.__setattr__(self, "forms", tuple(tuple(f) for f in self.forms))
         object.__setattr__(self, "dropped", tuple(tuple(f) for f in self.dropped))
@@ -248,13 +362,18 @@ class TokenSwapGroup:
                 f"every orbit, or none"
             )
 
+    @functools.cached_property
+    def word_group(self) -> WordSwapGroup:
+        """The factor as words: its elements, and its action on text before tokenization."""
+        return WordSwapGroup(self.name, self.classes, self.kind)
+
     @property
     def elements(self) -> list[tuple[int, ...]]:
-        return class_permutations(self.kind, len(self.classes))
+        return self.word_group.elements
 
     @property
     def order(self) -> int:
-        return len(self.elements)
+        return self.word_group.order
 
     @property
     def support(self) -> list[int]:

@@ -11,9 +11,21 @@ A group G with elements g_0 = e, g_1, ..., g_{|G|-1} gives
   orbit of x;
 - `to_dict()` / `from_dict(data)`: a JSON form for config.json.
 
-`groups.TokenSwapGroup` (a word-swap group resolved to token ids), `image_groups.ImageGroup` (rotations and
-flips of pixel_values) and `image_groups.ImageGroupProduct` (a product of those as one group, as the
-multi-input networks use it) implement it.
+Implementations:
+- `groups.WordSwapGroup`, a word-swap group as its user writes it, acts on text as a reader sees it: `act`
+  swaps whole words (plain and capitalised forms; "Jackson said he" -> "Jackson said she" keeps "Jackson")
+  in a text or a list of texts, with the word-boundary rule of `boundaries`; `canonicalize` gives the least
+  text of the orbit; `output_permutations(tokenizer)` is the action on scores over that tokenizer's
+  vocabulary (a vocabulary exists only with a tokenizer; without one it raises rather than return None,
+  which would claim invariant outputs).
+- `groups.TokenSwapGroup`, the same group resolved to token ids (`WordSwapGroup.resolve(tokenizer)`), takes
+  its elements from its `word_group` and acts on ids: `act` moves every group token (the token action; the
+  wrappers' word action, which leaves pieces of longer words alone, is `boundaries.act_on_words`).
+- `image_groups.ImageGroup` (rotations and flips of pixel_values) and `image_groups.ImageGroupProduct` (a
+  product of those as one group, as the multi-input networks use it): invariant outputs.
+
+`check.check_equivariance` reads a wrapper's factors through this protocol: outputs that no factor permutes
+(`output_permutations() is None`) are checked for invariance on inputs moved by `act`.
 """
 
 from __future__ import annotations

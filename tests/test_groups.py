@@ -1,8 +1,10 @@
+import json
+
 import pytest
 import torch
-from conftest import GENDER_CLASSES, RACE_CLASSES, word_tokenizer
+from conftest import BPE_GENDER_CLASSES, GENDER_CLASSES, RACE_CLASSES, word_tokenizer
 
-from hf_equivariant import TokenSwapGroup, WordSwapGroup, resolve_groups
+from hf_equivariant import SymmetryGroup, TokenSwapGroup, WordSwapGroup, resolve_groups
 
 
 def ids(tokenizer, *words):
@@ -174,3 +176,96 @@ def test_hand_edited_tables_are_validated():
         TokenSwapGroup("race", "cyclic", [["a"], ["b"]], orbits=[[1, 99]], vocab_size=10)
     with pytest.raises(ValueError, match="token id 1 is in two classes"):
         TokenSwapGroup("race", "cyclic", [["a"], ["b"]], orbits=[[1, 1]], vocab_size=10)
+
+
+# The word-swap group before it meets a tokenizer: the SymmetryGroup protocol on text.
+
+BPE_GENDER = WordSwapGroup("gender", BPE_GENDER_CLASSES)
+RACE_SYMMETRIC = WordSwapGroup("race", RACE_CLASSES, kind="symmetric")
+LAW_TEXTS = [
+    "Jackson said he saw a Black man. He, the White son of an Asian woman, hid his bike",
+    "White. Black: Asian-Black (White)",
+    "Blackstone Whitehall Asians heather salesman",
+    "",
+]
+
+
+def test_word_swap_groups_follow_the_protocol_before_a_tokenizer():
+    for group in (BPE_GENDER, RACE_SYMMETRIC):
+        assert isinstance(group, SymmetryGroup)
+        assert group.elements[0] == tuple(range(len(group.classes))) and group.order == len(group.elements)
+    assert RACE_SYMMETRIC.order == 6 and len(set(RACE_SYMMETRIC.elements)) == 6
+
+
+def test_word_action_on_text_for_every_element():
+    text = "Jackson said he saw a man. He, a son of his mother, is male; heather and salesmen stay."
+    assert BPE_GENDER.act(text, 0) == text
+    assert BPE_GENDER.act(text, 1) == (
+        "Jackson said she saw a woman. She, a daughter of her mother, is female; heather and salesmen stay.")
+    race = WordSwapGroup("race", RACE_CLASSES)  # cyclic: Black -> White -> Asian -> Black
+    text = "Black, White and Asian; Blackstone and Whitehall stay, black is no form, Black-White is two words"
+    expected = [
+        text,
+        "White, Asian and Black; Blackstone and Whitehall stay, black is no form, White-Asian is two words",
+        "Asian, Black and White; Blackstone and Whitehall stay, black is no form, Asian-Black is two words",
+    ]
+    assert race.act(text, torch.arange(3)) == expected  # copy-major, as the protocol says
+    assert race.act([text, "Asian"], 1) == [expected[1], "Black"]  # a batch of texts keeps its form
+    assert [race.act(text, k) for k in range(3)] == expected
+
+
+def test_word_action_covers_capitals_underscores_and_leaves_a_word_that_is_its_own_capital():
+    verbs = WordSwapGroup("scan_verbs", [["jump", "I_JUMP"], ["run", "I_RUN"]])
+    assert verbs.act("Jump twice: jump I_JUMP jumped I_JUMPS", 1) == "Run twice: run I_RUN jumped I_JUMPS"
+    orientation = WordSwapGroup("orientation", [["straight"], ["LGBT"]])
+    assert orientation.text_orbits == (("straight", "LGBT"),)  # Straight|LGBT would send LGBT to two texts
+    assert orientation.act("Straight: straight and LGBT", 1) == "Straight: LGBT and straight"
+
+
+def compose(group, g, h):
+    """The index of g o h (h first) in the group's elements."""
+    return group.elements.index(tuple(group.elements[g][c] for c in group.elements[h]))
+
+
+def test_word_action_on_text_follows_the_group_laws():
+    for group in (BPE_GENDER, RACE_SYMMETRIC):
+        inverse = [next(k for k in range(group.order) if compose(group, g, k) == 0) for g in range(group.order)]
+        for text in LAW_TEXTS:
+            assert group.act(text, 0) == text
+            for g in range(group.order):
+                assert group.act(group.act(text, g), inverse[g]) == text
+                for h in range(group.order):
+                    assert group.act(group.act(text, h), g) == group.act(text, compose(group, g, h))
+    # the laws are not vacuous: distinct elements move the first text differently
+    assert len(set(RACE_SYMMETRIC.act(LAW_TEXTS[0], range(6)))) == 6
+
+
+def test_text_canonicaliser_is_orbit_invariant_and_in_the_orbit():
+    for group in (BPE_GENDER, RACE_SYMMETRIC):
+        for text in LAW_TEXTS:
+            orbit = group.act(text, range(group.order))
+            assert {group.canonicalize(moved) for moved in orbit} == {group.canonicalize(text)}
+            assert group.canonicalize(text) in orbit
+    race = WordSwapGroup("race", RACE_CLASSES)
+    # every word to class 0 (Black and Black) would not be in the orbit; the least text of the orbit is
+    assert race.canonicalize(["White and Asian", "Black and White"]) == ["Asian and Black"] * 2
+
+
+def test_word_group_dict_round_trip_and_its_output_action_needs_a_tokenizer(tokenizer):
+    for group in (BPE_GENDER, RACE_SYMMETRIC, WordSwapGroup("race", RACE_CLASSES, skip_missing=True)):
+        data = json.loads(json.dumps(group.to_dict()))
+        assert WordSwapGroup.from_dict(data) == group and set(data) == {"name", "classes", "kind", "skip_missing"}
+    race = WordSwapGroup("race", RACE_CLASSES)
+    assert torch.equal(race.output_permutations(tokenizer), race.resolve(tokenizer).permutation_tables())
+    with pytest.raises(ValueError, match="'race' is given as words: .*pass the model's tokenizer"):
+        race.output_permutations()
+
+
+def test_token_group_takes_its_elements_from_its_word_group(tokenizer):
+    resolved = RACE_SYMMETRIC.resolve(tokenizer)
+    assert resolved.word_group == RACE_SYMMETRIC and resolved.elements == RACE_SYMMETRIC.elements
+    black, white, asian, the = ids(tokenizer, "Black", "White", "Asian", "the")
+    # the token action of element k on ids is the word action of element k on their text
+    text = "the Black White Asian"
+    copies = resolved.act(torch.tensor([the, black, white, asian]), torch.arange(6))
+    assert [tokenizer.decode(c) for c in copies] == RACE_SYMMETRIC.act(text, range(6))
