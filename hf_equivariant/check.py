@@ -1,6 +1,13 @@
 """A public equivariance check, in the spirit of escnn's `check_equivariance` and e3nn's `assert_equivariant`.
 
-For every element g of the model's product group it measures
+It reads the model's factors (`model.config.factors`) through the group protocol (`symmetry`). Where no
+factor permutes the outputs (`output_permutations() is None`: the image wrappers), it checks invariance: for
+every element g = (g1, ..., gN) of the product, acting as g1 o ... o gN (each factor's `act`),
+
+    error(g) = max over images and columns | y(g·x) - y(x) |
+
+where y is the class logits of an image classifier and logits_per_image of a CLIP model (whose texts,
+given with the images, stay as they are). Otherwise (the text wrappers) it measures, for every element,
 
     error(g) = max over rows, positions t and tokens v of | log p(v | g·x)_t[p_t(v)] - log p(v | x)_t |
 
@@ -20,19 +27,73 @@ import torch
 from . import boundaries
 
 
-def element_permutations(model) -> dict[str, torch.Tensor]:
-    """Every element of the model's product group, named "factor(class permutation) x ...", as its [V] token
-    permutation p_g (p_g[v] = g(v))."""
-    factors = model.config.factors
-    tables = [f.permutation_tables() for f in factors]
-    elements = {}
-    for choice in itertools.product(*(range(f.order) for f in factors)):
+def element_names(factors) -> list[str]:
+    """The product's elements in `itertools.product` order, named "factor(element) x ...": "gender(1, 0) x
+    race(0, 1, 2)" (class permutations), "rot90(1) x hflip(0)" (quarter turns, mirrored or not)."""
+    def named(factor, element) -> str:
+        return f"{factor.name}({', '.join(map(str, element if isinstance(element, tuple) else (element,)))})"
+
+    return [" x ".join(map(named, factors, choice)) for choice in itertools.product(*(f.elements for f in factors))]
+
+
+def element_permutations(model, tables: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every element of the model's product group as its [V] token permutation p_g (p_g[v] = g(v)), composed
+    from the factors' `output_permutations()` tables."""
+    permutations = []
+    for choice in itertools.product(*(range(len(table)) for table in tables)):
         permutation = torch.arange(tables[0].shape[1])
         for table, g in zip(tables, choice):
             permutation = table[g][permutation]
-        name = " x ".join(f"{f.name}{f.elements[g]}" for f, g in zip(factors, choice))
-        elements[name] = permutation.to(model.plan_support.device)
-    return elements
+        permutations.append(permutation.to(model.plan_support.device))
+    return dict(zip(element_names(model.config.factors), permutations))
+
+
+def act_on_product(factors, x: torch.Tensor) -> torch.Tensor:
+    """[prod |Gi|, *x.shape]: every element (g1, ..., gN) of the product applied to x as g1 o ... o gN, in
+    `itertools.product` order, by each factor's `act` (gN acts first)."""
+    copies = x
+    for factor in reversed(factors):
+        copies = factor.act(copies, torch.arange(factor.order, device=x.device))
+    return copies.flatten(0, len(factors) - 1)
+
+
+def _invariance_errors(model, inputs: dict) -> dict[str, float]:
+    """{element name: max |y(g·x) - y(x)|} for a model whose outputs no factor permutes; every moved copy of
+    every image goes through the model in one batch."""
+    if "pixel_values" not in inputs:
+        raise ValueError(f"check_equivariance needs the pixel_values the groups act on, got {sorted(inputs)}")
+    factors = model.config.factors
+    pixels = inputs["pixel_values"]
+    moved = act_on_product(factors, pixels)  # [|G|, B, C, H, W]
+    scores = _scores(model(**{**inputs, "pixel_values": torch.cat([pixels, moved.flatten(0, 1)])}))
+    reference, copies = scores[: len(pixels)].float(), scores[len(pixels):].float().unflatten(0, moved.shape[:2])
+    errors = (copies - reference).abs().flatten(1).amax(1)
+    return dict(zip(element_names(factors), errors.tolist()))
+
+
+def _scores(output) -> torch.Tensor:
+    """The invariant scores of an image wrapper's output: class logits, or CLIP's logits_per_image."""
+    return output.logits if "logits" in output else output.logits_per_image
+
+
+def _token_errors(model, inputs: dict, tables: list[torch.Tensor]) -> dict[str, float]:
+    """{element name: error} for a text wrapper (module docstring)."""
+    key = "decoder_input_ids" if model.config.is_encoder_decoder else "input_ids"
+    if "input_ids" not in inputs or (model.config.is_encoder_decoder and key not in inputs):
+        raise ValueError(f"check_equivariance needs the token ids the group acts on: input_ids"
+                         f"{' and decoder_input_ids' if model.config.is_encoder_decoder else ''}")
+    errors = {}
+    reference = model(**inputs).logits.float().log_softmax(-1)
+    for name, permutation in element_permutations(model, tables).items():
+        moved = {**inputs, **{k: _act(model, inputs[k], permutation) for k in {"input_ids", key}}}
+        output = model(**moved).logits.float().log_softmax(-1)
+        back = output.gather(-1, _output_permutation(model, inputs[key], permutation))
+        masked = torch.isneginf(reference)
+        if not torch.equal(masked, torch.isneginf(back)):
+            errors[name] = float("inf")
+            continue
+        errors[name] = (back - reference).masked_fill(masked, 0).abs().max().item()
+    return errors
 
 
 def _act(model, ids: torch.Tensor, permutation: torch.Tensor) -> torch.Tensor:
@@ -52,30 +113,26 @@ def _output_permutation(model, ids: torch.Tensor, permutation: torch.Tensor) -> 
 
 
 def check_equivariance(model, inputs: dict, atol: float = 1e-4) -> dict[str, float]:
-    """The largest equivariance error of `model` (an equivariant wrapper) on `inputs` (tokenizer output with
-    `input_ids`, and `decoder_input_ids` for a seq2seq model), for every group element.
+    """The largest equivariance error of `model` (an equivariant wrapper) on `inputs`, for every group element.
 
+    Text wrappers: tokenizer output with `input_ids` (and `decoder_input_ids` for a seq2seq model). Image
+    wrappers: `pixel_values` [B, C, H, W] (and, for CLIP, the tokenized texts the images are scored against).
     Returns {element name: error}; raises AssertionError naming the worst element if an error exceeds `atol`.
     """
-    key = "decoder_input_ids" if model.config.is_encoder_decoder else "input_ids"
-    if "input_ids" not in inputs or (model.config.is_encoder_decoder and key not in inputs):
-        raise ValueError(f"check_equivariance needs the token ids the group acts on: input_ids"
-                         f"{' and decoder_input_ids' if model.config.is_encoder_decoder else ''}")
+    if not hasattr(getattr(model, "config", None), "factors"):
+        raise TypeError(f"check_equivariance checks an equivariant wrapper (its config names the groups), got a "
+                        f"{type(model).__name__}; wrap it with make_equivariant(model, groups=...)")
+    tables = [f.output_permutations() for f in model.config.factors]
     was_training = model.training
     model.eval()
-    errors = {}
-    with torch.no_grad():
-        reference = model(**inputs).logits.float().log_softmax(-1)
-        for name, permutation in element_permutations(model).items():
-            moved = {**inputs, **{k: _act(model, inputs[k], permutation) for k in {"input_ids", key}}}
-            output = model(**moved).logits.float().log_softmax(-1)
-            back = output.gather(-1, _output_permutation(model, inputs[key], permutation))
-            masked = torch.isneginf(reference)
-            if not torch.equal(masked, torch.isneginf(back)):
-                errors[name] = float("inf")
-                continue
-            errors[name] = (back - reference).masked_fill(masked, 0).abs().max().item()
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            if all(table is None for table in tables):
+                errors = _invariance_errors(model, inputs)
+            else:
+                errors = _token_errors(model, inputs, tables)
+    finally:
+        model.train(was_training)
     worst = max(errors, key=errors.get)
     if errors[worst] > atol:
         raise AssertionError(f"not equivariant: element {worst} has error {errors[worst]:.3g} > atol {atol} "

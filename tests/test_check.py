@@ -1,8 +1,11 @@
 """The public check: check_equivariance and `hf-equivariant check`."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import ARCHITECTURES, BPE_MIXED_PROMPTS, RACE_CLASSES, SEQ2SEQ_ARCHITECTURES, bpe_tokenizer
+from test_image_groups import oracle_elements
+from test_vision import caption_tokenizer, tiny_clip, tiny_vit
 from test_word_action import GROUPS
 
 import hf_equivariant_cli
@@ -40,3 +43,49 @@ def test_cli_check_reports_every_element(tokenizer, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:
         hf_equivariant_cli.main(["check", "--model", str(tmp_path / "missing")])
     assert exit.value.code == 2 and "no such folder" in capsys.readouterr().err
+
+
+def copy_zero_only(model):
+    """A deliberately broken wrapper: its scores are those of copy 0 of each image (the image itself for
+    equitune), so it is the inner model, not invariant."""
+    def symmetrised(rows, scores, pooled=False):
+        return scores[rows.inverse[: len(rows.inverse) // model.num_copies]]
+    return symmetrised
+
+
+def oracle_image_errors(model, inputs, kinds):
+    """max |y(g·x) - y(x)| per element, with the test's own element functions (numpy rotations and flips)."""
+    def scores(x):
+        output = model(**{**inputs, "pixel_values": x})
+        return output.logits if "logits" in output else output.logits_per_image
+    with torch.no_grad():
+        reference = scores(inputs["pixel_values"])
+        return [(scores(g(inputs["pixel_values"])) - reference).abs().max().item() for g in oracle_elements(kinds)]
+
+
+@pytest.mark.parametrize("kind", ["vit", "clip"])
+def test_check_image_models_for_invariance_under_every_element(kind, monkeypatch):
+    kinds = ["rot90", "hflip"]
+    base = tiny_vit() if kind == "vit" else tiny_clip()
+    inputs = {"pixel_values": torch.randn(3, 3, 8, 8)}  # generic images, fixed by no element
+    if kind == "clip":
+        inputs.update(caption_tokenizer()([f"a photo of the digit {d}" for d in range(4)], return_tensors="pt",
+                                          padding=True))
+    model = make_equivariant(base, kinds, symmetrization="equitune")
+    errors = check_equivariance(model, inputs)
+    assert list(errors) == [f"rot90({r}) x hflip({f})" for r in range(4) for f in range(2)]
+    assert max(errors.values()) <= 1e-4
+    monkeypatch.setattr(model, "symmetrised", copy_zero_only(model))
+    with pytest.raises(AssertionError, match=r"not equivariant: element rot90\(\d\) x hflip\(\d\) has error"):
+        check_equivariance(model, inputs)
+    broken = check_equivariance(model, inputs, atol=float("inf"))
+    oracle = oracle_image_errors(model, inputs, kinds)  # the same elements, in the same order, moved by the test
+    assert broken["rot90(0) x hflip(0)"] == 0 and min(list(broken.values())[1:]) > 1e-3
+    assert np.allclose(list(broken.values()), oracle, atol=1e-4, rtol=0)
+
+
+def test_check_refuses_a_plain_model_and_images_without_pixels():
+    with pytest.raises(TypeError, match="checks an equivariant wrapper .* got a ViTForImageClassification"):
+        check_equivariance(tiny_vit(), {"pixel_values": torch.randn(1, 3, 8, 8)})
+    with pytest.raises(ValueError, match="needs the pixel_values the groups act on"):
+        check_equivariance(make_equivariant(tiny_vit(), ["hflip"]), {"input_ids": torch.ones(1, 3, dtype=torch.long)})
