@@ -37,6 +37,8 @@ ACTIONS = ("word", "token")
 DEFAULT_GROUPS = "gender,race"
 GROUP_FIELDS = ("name", "classes", "kind", "skip_missing")  # WordSwapGroup's fields
 MODEL_TYPE = "hf_equivariant"  # EquivariantConfig.model_type: the config.json of a saved equivariant model
+VISION_MODEL_TYPE = "hf_equivariant_vision"  # EquivariantVisionConfig.model_type: a saved invariant image model
+CHECK_DIGITS = 4  # scikit-learn digits images that `check` uses on an image model given no --image
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model")
 REPO_ID = re.compile(r"^(?!.*(--|\.\.))[A-Za-z0-9][\w.\-]{0,95}(/[\w.\-]{1,96})?$")
 
@@ -195,11 +197,21 @@ def build_parser() -> Parser:
     scan.add_argument("--layers", type=positive_int, default=3, help="encoder and decoder layers")
     scan.add_argument("--out", type=Path, help="also write the results table (markdown) to this file")
 
-    check = command("check", "equivariance error of a saved equivariant model, per group element")
-    check.add_argument("--model", required=True, help="folder of a saved equivariant model")
+    check = command("check", "equivariance error of a saved equivariant model, per group element",
+                    "Text models: the error of the permuted scores on prompts. Image models (classifiers, CLIP): the "
+                    "largest change of the logits when an element moves the images, on --image files and/or "
+                    f"scikit-learn digits (--digits; {CHECK_DIGITS} of them when no --image is given).")
+    check.add_argument("--model", required=True, help="folder of a saved equivariant model (text or image)")
     check.add_argument("--tokenizer", help="Hub id or folder of the tokenizer (if not given: the model folder)")
     check.add_argument("--prompt", action="append", type=text,
-                       help="an input (repeat for several; if not given: sentences of group words)")
+                       help="a text input (repeat for several; if not given: sentences of group words); for CLIP, "
+                            "a text the images are scored against (if not given: 'a photo of the digit 0' ... '9')")
+    check.add_argument("--image", action="append", type=Path,
+                       help="an image file (PNG, JPEG, ...) for an image model (repeat for several)")
+    check.add_argument("--digits", type=positive_int,
+                       help=f"use this many scikit-learn digits images (8x8, upscaled by the model's image processor) "
+                            f"for an image model (if not given: {CHECK_DIGITS} without --image, none with it; needs "
+                            f"scikit-learn)")
     check.add_argument("--atol", type=positive_float, default=1e-4, help="the largest error allowed")
 
     groups = command("groups", "the preset groups, their words and orders",
@@ -311,8 +323,10 @@ def check_arguments(args) -> None:
         if folder is None or not (folder / "config.json").is_file():
             raise UsageError(f"--model {args.model}: no such folder with a config.json; give the folder of a saved "
                              f"equivariant model")
-        if model_type(folder, "--model") != MODEL_TYPE:
+        kind = model_type(folder, "--model")
+        if kind not in (MODEL_TYPE, VISION_MODEL_TYPE):
             raise UsageError(f"--model {args.model} holds a plain model, not an equivariant one")
+        check_check_inputs(args, folder, kind == VISION_MODEL_TYPE)
     if args.command == "groups" and args.embedded and (args.model or args.tokenizer):
         raise UsageError("--embedded uses the embedded model's tokenizer: give it without --model and --tokenizer")
     if args.command in ("generate", "groups", "serve"):
@@ -345,6 +359,34 @@ def check_arguments(args) -> None:
         if args.d_model % 4:
             raise UsageError(f"--d-model {args.d_model} must be a multiple of 4 (the BART has 4 attention heads)")
         check_output(args.out, "--out")
+
+
+def check_check_inputs(args, folder: Path, vision: bool) -> None:
+    """`check`'s inputs: --image/--digits for image models, --prompt/--tokenizer for text models and CLIP; sets
+    args.vision, args.clip and args.digits (how many digits images)."""
+    args.vision, args.clip = vision, False
+    if not vision:
+        if args.image or args.digits:
+            raise UsageError(f"--image and --digits are for image models; {args.model} is a text model: give --prompt")
+        return
+    args.clip = inner_model_type(folder) == "clip"
+    if not args.clip and (args.prompt or args.tokenizer):
+        raise UsageError(f"--prompt and --tokenizer are for text models and CLIP; {args.model} is an image "
+                         f"classifier: give --image or --digits")
+    for path in args.image or ():
+        if not path.is_file():
+            raise UsageError(f"--image {path}: no such file")
+    if args.digits is None:
+        args.digits = 0 if args.image else CHECK_DIGITS
+    if args.clip and args.tokenizer is None and not any((folder / n).is_file() for n in TOKENIZER_FILES):
+        raise UsageError(f"--model {args.model} is a CLIP model without tokenizer files; pass --tokenizer with its "
+                         f"tokenizer (Hub id or folder)")
+
+
+def inner_model_type(folder: Path) -> str | None:
+    """The model_type of the inner model of a saved image model (its config.json's inner_config)."""
+    inner = json.loads((folder / "config.json").read_text()).get("inner_config")
+    return inner.get("model_type") if isinstance(inner, dict) else None
 
 
 def check_output(path: Path | None, option: str, folder: bool = False) -> None:

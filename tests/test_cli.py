@@ -10,19 +10,39 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tomllib
 import torch
 import yaml
 from conftest import tiny_gpt2, word_tokenizer
-from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
+from PIL import Image
+from test_vision import caption_tokenizer, tiny_clip, tiny_vit
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForImageClassification,
+    AutoModelForSeq2SeqLM,
+    AutoModelForZeroShotImageClassification,
+    PreTrainedModel,
+    ViTImageProcessor,
+)
+from transformers.modeling_outputs import ImageClassifierOutput
 
 import hf_equivariant_cli
-from hf_equivariant import EquivariantConfig, WordSwapGroup, make_equivariant, presets
+from hf_equivariant import (
+    EquivariantConfig,
+    EquivariantModelForImageClassification,
+    EquivariantVisionConfig,
+    WordSwapGroup,
+    make_equivariant,
+    presets,
+)
 from hf_equivariant.boundaries import ACTIONS
+from hf_equivariant.experiments import commands
 from hf_equivariant.experiments.data.scan import SPLITS
 from hf_equivariant.experiments.fairness import AXES
 from hf_equivariant.methods import SYMMETRIZATIONS
+from hf_equivariant.modeling_vision import EquivariantVisionPreTrainedModel
 from hf_equivariant.symmetrize import AVERAGES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +69,8 @@ def no_model_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError(f"a model was loaded: {args[:2]}")
 
-    for auto in (AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel):
+    for auto in (AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForImageClassification,
+                 AutoModelForZeroShotImageClassification, PreTrainedModel, EquivariantVisionPreTrainedModel):
         monkeypatch.setattr(auto, "from_pretrained", classmethod(refuse))
 
 
@@ -75,6 +96,7 @@ def test_the_cli_lists_the_library_names():
     assert set(cli.CAUSAL_ONLY_SYMMETRIZATIONS) == {n for n, m in SYMMETRIZATIONS.items() if not m.seq2seq}
     assert cli.GROUP_FIELDS == tuple(f.name for f in dataclasses.fields(WordSwapGroup))
     assert cli.MODEL_TYPE == EquivariantConfig.model_type
+    assert cli.VISION_MODEL_TYPE == EquivariantVisionConfig.model_type
     script = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["hf-equivariant"]
     assert script == "hf_equivariant_cli:main"
 
@@ -124,6 +146,11 @@ def usage_cases(tmp: Path):
     plain.mkdir()
     (plain / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     (tmp / "a_file.txt").write_text("x")
+    vision, clip = tmp / "vision", tmp / "clip"
+    for folder, inner in ((vision, "vit"), (clip, "clip")):
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"model_type": "hf_equivariant_vision",
+                                                        "inner_config": {"model_type": inner}}))
     (tmp / "bad.yaml").write_text("groups: [name: x\n")
     (tmp / "extra.yaml").write_text(yaml.safe_dump([{"name": "g", "classes": [["a"], ["b"]], "colour": "red"}]))
     (tmp / "string.json").write_text(json.dumps({"groups": [{"name": "race", "classes": ["Black", "White"]}]}))
@@ -172,6 +199,19 @@ def usage_cases(tmp: Path):
         (["check", "--model", tmp / "missing"], "no such folder"),
         (["check", "--model", plain], "holds a plain model, not an equivariant one"),
         (["check", "--model", saved, "--prompt", ""], "argument --prompt: is empty"),
+        (["check", "--model", saved, "--image", tmp / "a_file.txt"], "--image and --digits are for image models; "
+                                                                      ".*saved is a text model: give --prompt"),
+        (["check", "--model", saved, "--digits", "2"], "--image and --digits are for image models"),
+        (["check", "--model", vision, "--prompt", "a cat"],
+         "--prompt and --tokenizer are for text models and CLIP; .*vision is an image classifier: give --image or "
+         "--digits"),
+        (["check", "--model", vision, "--tokenizer", plain], "--prompt and --tokenizer are for text models and CLIP"),
+        (["check", "--model", vision, "--image", tmp / "none.png"], "--image .*none.png: no such file"),
+        (["check", "--model", vision, "--digits", "0"], "argument --digits: must be at least 1, got 0"),
+        (["check", "--model", vision, "--image", tmp / "a_file.txt"], "--image .*a_file.txt: cannot be read as an "
+                                                                      "image"),
+        (["check", "--model", vision, "--digits", "5000"], "--digits 5000: scikit-learn has 1797 digits images"),
+        (["check", "--model", clip], "--model .*clip is a CLIP model without tokenizer files; pass --tokenizer"),
         (["groups", "--groups", "caste"], "unknown group caste"),
         (["groups", "--tokenizer", tmp / "missing"], "--tokenizer .*missing: no such folder"),
         (["groups", "--embedded", "--tokenizer", plain], "--embedded uses the embedded model's tokenizer"),
@@ -307,3 +347,56 @@ def test_the_card_of_a_cli_model_names_the_base_folder_and_lists_dropped_forms(m
     assert "Forms swapped (3 token orbits, one text per class): 'man'|'woman', 'he'|'she', 'his'|'her'." in card
     assert "Not swapped (50 forms" in card and "'male'|'female'" in card
     assert "- Method: **multi_equitune**" in card and "- Action: **word**" in card
+
+
+@pytest.fixture(scope="module")
+def vision_dirs(tmp_path_factory):
+    """Saved invariant models: a tiny ViT (no image processor), the same with a processor, a tiny CLIP."""
+    folders = {name: tmp_path_factory.mktemp(name) for name in ("vit", "vit_processor", "clip")}
+    for name in ("vit", "vit_processor"):
+        make_equivariant(tiny_vit(), ["rot90", "hflip"]).save_pretrained(folders[name])
+    ViTImageProcessor(size={"height": 8, "width": 8}).save_pretrained(folders["vit_processor"])
+    make_equivariant(tiny_clip(), ["rot90", "hflip"], symmetrization="equitune").save_pretrained(folders["clip"])
+    caption_tokenizer().save_pretrained(folders["clip"])
+    return folders
+
+
+ELEMENTS = [f"rot90({r}) x hflip({f})" for r in range(4) for f in range(2)]
+
+
+def test_check_an_image_model_on_digits_and_image_files(vision_dirs, tmp_path, capsys):
+    code, out, err = run_cli(["check", "--model", vision_dirs["vit"]], capsys)
+    lines = out.strip().splitlines()
+    assert code == 0, err
+    assert [line.split("  ")[1] for line in lines[:-1]] == ELEMENTS
+    assert all(float(line.split()[0]) <= 1e-4 for line in lines[:-1])
+    assert lines[-1] == "invariant within 0.0001 for all 8 elements (4 images, multi_equitune)"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 12, 3), dtype=np.uint8)).save(tmp_path / "x.png")
+    code, out, err = run_cli(["check", "--model", vision_dirs["vit_processor"], "--image", tmp_path / "x.png",
+                              "--digits", "2"], capsys)
+    assert code == 0 and "for all 8 elements (3 images, multi_equitune)" in out, err
+    code, out, err = run_cli(["check", "--model", vision_dirs["clip"], "--prompt", "a photo of the digit 3",
+                              "--prompt", "a cat"], capsys)
+    assert code == 0 and out.strip().endswith("for all 8 elements (4 images against 2 texts, equitune)"), err
+
+
+def test_check_reports_an_image_model_that_is_not_invariant(vision_dirs, capsys, monkeypatch):
+    def inner_alone(self, pixel_values, labels=None):  # the unwrapped model's logits: not invariant
+        return ImageClassifierOutput(logits=self.model(pixel_values=pixel_values).logits)
+
+    monkeypatch.setattr(EquivariantModelForImageClassification, "forward", inner_alone)
+    code, out, _ = run_cli(["check", "--model", vision_dirs["vit"]], capsys)
+    assert re.match(r"FAILED: not equivariant: element rot90\(\d\) x hflip\(\d\) has error \S+ > atol 0.0001 "
+                    r"\(7 of 8 elements fail\)", str(code)) and out == ""
+
+
+def test_check_feeds_digits_as_the_model_reads_them(vision_dirs):
+    """Without an image processor, digits reach the model as examples/vision_digits.py trains on them: v/8 - 1."""
+    from sklearn.datasets import load_digits
+
+    args = hf_equivariant_cli.build_parser().parse_args(["check", "--model", str(vision_dirs["vit"]), "--digits", "5"])
+    images = commands.check_images(args)
+    config = EquivariantVisionConfig.from_pretrained(vision_dirs["vit"]).inner_config
+    pixels = commands.image_pixels(images, str(vision_dirs["vit"]), config)
+    expected = torch.tensor(load_digits().images[:5], dtype=torch.float32)[:, None].expand(5, 3, 8, 8) / 8 - 1
+    torch.testing.assert_close(pixels, expected, atol=1 / 255 + 1e-6, rtol=0)  # 8-bit rounding

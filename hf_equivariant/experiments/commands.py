@@ -17,6 +17,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer
 from transformers.utils import logging as hf_logging
@@ -294,6 +295,13 @@ def fairness_command(args) -> None:
 
 
 def check_command(args) -> None:
+    if args.vision:
+        check_image_model(args)
+    else:
+        check_text_model(args)
+
+
+def check_text_model(args) -> None:
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
     from ..check import check_equivariance
@@ -316,6 +324,81 @@ def check_command(args) -> None:
     for name, error in errors.items():
         print(f"{error:.2e}  {name}")
     print(f"equivariant within {args.atol} for all {len(errors)} elements ({model.config.action} action)")
+
+
+CLIP_CHECK_TEXTS = [f"a photo of the digit {d}" for d in range(10)]
+
+
+def check_images(args) -> list:
+    """The PIL images of `check` on an image model: the --image files, then the first --digits scikit-learn digits
+    (8x8, values 0..16 scaled to 0..255), each as an RGB image."""
+    from PIL import Image
+
+    images = []
+    for path in args.image or ():
+        try:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        except (OSError, ValueError) as error:
+            raise UsageError(f"--image {path}: cannot be read as an image ({error})") from None
+    if args.digits:
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError:
+            raise UsageError("--digits needs scikit-learn (pip install scikit-learn), or give --image files") from None
+        digits = load_digits().images
+        if args.digits > len(digits):
+            raise UsageError(f"--digits {args.digits}: scikit-learn has {len(digits)} digits images")
+        scaled = (digits[: args.digits] * 255 / 16).round().astype(np.uint8)
+        images += [Image.fromarray(d).convert("RGB") for d in scaled]
+    return images
+
+
+def image_pixels(images: list, folder: str, inner_config) -> torch.Tensor:
+    """pixel_values [B, C, H, W]: by the image processor saved in `folder` if there is one, else resized to the
+    model's image_size with its number of channels and scaled to [-1, 1] (ViT's default normalisation)."""
+    from transformers import AutoImageProcessor
+
+    if (Path(folder) / "preprocessor_config.json").is_file():
+        return AutoImageProcessor.from_pretrained(folder)(images, return_tensors="pt")["pixel_values"]
+    vision = getattr(inner_config, "vision_config", inner_config)
+    size = getattr(vision, "image_size", None)
+    mode = "L" if getattr(vision, "num_channels", 3) == 1 else "RGB"
+    images = [image.convert(mode).resize((size, size)) if size else image.convert(mode) for image in images]
+    if len({image.size for image in images}) > 1:
+        raise UsageError(f"the images have different sizes {sorted({image.size for image in images})} and {folder} "
+                         f"has no image processor (preprocessor_config.json) to resize them: give images of one size")
+    arrays = np.stack([np.asarray(image, dtype=np.float32).reshape(image.height, image.width, -1) for image in images])
+    return torch.from_numpy(arrays / 127.5 - 1).permute(0, 3, 1, 2)
+
+
+def check_image_model(args) -> None:
+    """Invariance of a saved image classifier or CLIP model on --image files and/or scikit-learn digits."""
+    from ..check import check_equivariance
+    from ..modeling_vision import EquivariantCLIPModel, EquivariantModelForImageClassification
+
+    images = check_images(args)  # read before the model loads: a bad file is a usage error
+    wrapper = EquivariantCLIPModel if args.clip else EquivariantModelForImageClassification
+    model = _loading(args.model, lambda: wrapper.from_pretrained(args.model))
+    inputs = {"pixel_values": image_pixels(images, args.model, model.config.inner_config)}
+    texts = ""
+    if args.clip:
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        prompts = args.prompt or CLIP_CHECK_TEXTS
+        inputs.update(tokenizer(prompts, return_tensors="pt", padding=True))
+        texts = f" against {len(prompts)} texts"
+    try:
+        errors = check_equivariance(model, inputs, atol=args.atol)
+    except AssertionError as failure:
+        raise SystemExit(f"FAILED: {failure}") from None
+    except ValueError as error:  # images the groups cannot act on (rot90 needs square images)
+        raise UsageError(str(error)) from None
+    for name, error in errors.items():
+        print(f"{error:.2e}  {name}")
+    print(f"invariant within {args.atol} for all {len(errors)} elements ({len(images)} images"
+          f"{texts}, {model.config.symmetrization})")
 
 
 def groups_command(args) -> None:
