@@ -1,10 +1,21 @@
+import itertools
 import json
+import warnings
 
 import pytest
 import torch
-from conftest import BPE_GENDER_CLASSES, GENDER_CLASSES, RACE_CLASSES, word_tokenizer
+from conftest import (
+    BPE_GENDER_CLASSES,
+    BPE_MIXED_PROMPTS,
+    BPE_TIE_FREE_PROMPTS,
+    GENDER_CLASSES,
+    ORIENTATION_CLASSES,
+    RACE_CLASSES,
+    bpe_tokenizer,
+    word_tokenizer,
+)
 
-from hf_equivariant import SymmetryGroup, TokenSwapGroup, WordSwapGroup, resolve_groups
+from hf_equivariant import SymmetryGroup, TokenSwapGroup, WordSwapGroup, boundaries, resolve_groups
 
 
 def ids(tokenizer, *words):
@@ -269,3 +280,27 @@ def test_token_group_takes_its_elements_from_its_word_group(tokenizer):
     text = "the Black White Asian"
     copies = resolved.act(torch.tensor([the, black, white, asian]), torch.arange(6))
     assert [tokenizer.decode(c) for c in copies] == RACE_SYMMETRIC.act(text, range(6))
+
+
+def test_word_action_on_text_is_the_wrappers_word_action_on_ids():
+    """On a byte-level BPE tokenizer whose group tokens are also pieces of longer words (Hispanics, Blackstone,
+    heather, salesman): decoding the ids moved by the word action (boundaries) gives the text moved by act."""
+    groups = [BPE_GENDER, WordSwapGroup("race", RACE_CLASSES), WordSwapGroup("orientation", ORIENTATION_CLASSES)]
+    bpe = bpe_tokenizer()
+    before, after = boundaries.token_boundaries(bpe, len(bpe))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # forms that are not single tokens
+        factors = boundaries.word_forms_only(resolve_groups(groups, bpe), (before, after))
+    prompts = BPE_MIXED_PROMPTS + BPE_TIE_FREE_PROMPTS
+    ids = bpe(prompts, return_tensors="pt", padding=True)["input_ids"]
+    tables = [f.permutation_tables() for f in factors]
+    for choice in itertools.product(*(range(g.order) for g in groups)):
+        permutation = torch.arange(len(bpe))
+        for table, k in zip(tables, choice):
+            permutation = table[k][permutation]
+        moved = bpe.batch_decode(boundaries.act_on_words(ids, permutation, before, after), skip_special_tokens=True)
+        expected = prompts
+        for group, k in zip(groups, choice):
+            expected = group.act(expected, k)
+        assert moved == expected, choice
+    assert len({tuple(groups[1].act(prompts, k)) for k in range(3)}) == 3  # the prompts do move
