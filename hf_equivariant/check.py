@@ -15,7 +15,8 @@ where g·x is the model's own action on its inputs (whole words with the word ac
 the token action; encoder and decoder ids for seq2seq models) and p_t is g's permutation of the scores at
 position t (restricted, with the word action, to the group tokens that would begin a word there). Scores
 that are -inf (the glue mask) must be -inf in both. Run it on your own fine-tuned checkpoints: an exact
-model gives errors at the level of float rounding (about 1e-6 in fp32).
+model gives errors at the level of float rounding (about 1e-6 in fp32). An exact image wrapper often gives
+exactly 0: all moved images go through it in one batch, and the copies of g·x are those of x in another order.
 """
 
 from __future__ import annotations
