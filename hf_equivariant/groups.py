@@ -410,7 +410,8 @@ class TokenSwapGroup:
         return self.permutation_tables()
 
     def canonicalize(self, ids: torch.Tensor) -> torch.Tensor:
-        """Every orbit token replaced by the class-0 token of its orbit: the same for every g . ids."""
+        """Every orbit token replaced by the class-0 token of its orbit: the same for every g . ids (invariant, but
+        not always in the orbit of ids: two words of different classes both become the class-0 word)."""
         return self.canonicalizer().to(ids.device)[ids]
 
     def to_dict(self) -> dict:

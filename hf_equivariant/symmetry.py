@@ -7,8 +7,10 @@ A group G with elements g_0 = e, g_1, ..., g_{|G|-1} gives
 - `output_permutations()`: its action on outputs. For outputs indexed by a vocabulary, the [|G|, V] table
   p with (g_k^-1 . y)[..., v] = y[..., p[k, v]] (so equitune reads copy k at column p[k, v]); None when the
   outputs are invariant (class logits of an image, CLIP's image-text scores): then g^-1 . y = y;
-- `canonicalize(x)`: an orbit-invariant canonical form, c(g . x) = c(x) for every g, which lies in the
-  orbit of x;
+- `canonicalize(x)`: an orbit-invariant form, c(g . x) = c(x) for every g. The symmetrisation methods need
+  only that invariance. The image groups and `WordSwapGroup` return a member of the orbit of x;
+  `TokenSwapGroup` (the multi design's "canonicalise the other factors" on ids) sends every swapped word to
+  its class-0 word, which need not be in the orbit ("Black and White" -> "Black and Black");
 - `to_dict()` / `from_dict(data)`: a JSON form for config.json.
 
 Implementations:
