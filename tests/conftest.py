@@ -508,6 +508,20 @@ def causal_token_errors(model, tokenizer, class_lists, batch) -> list[float]:
     return errors
 
 
+def token_generation_mismatches(model, tokenizer, class_lists, batch, **options) -> list[tuple]:
+    """The elements g for which generate(g.x) != g.generate(x) under the token action (word-level tokenizer), on
+    `batch` (input_ids, attention_mask; causal or seq2seq) with generate()'s `options`; [] when none."""
+    mismatches = []
+    with torch.no_grad():
+        out = model.generate(**batch, **options)
+        for g in all_elements(class_lists):
+            p = element_permutation(tokenizer, class_lists, g)
+            moved = model.generate(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"], **options)
+            if not torch.equal(moved, p[out]):
+                mismatches.append(g)
+    return mismatches
+
+
 def seq2seq_token_errors(model, tokenizer, class_lists, prompts, targets) -> list[float]:
     """Teacher-forced seq2seq logits under the token action (word-level tokenizer): for every element g,
     max |M(g.x, g.y)[..., p_g] - M(x, y)|, with p_g the oracle's vocabulary permutation."""
