@@ -16,7 +16,8 @@ of orders |G1|, ..., |GN|:
 - whether it *canonicalises*: then the copies are the input's frame, the elements g that send it to its
   canonical form (an orbit-invariant choice the domain makes; the elements that leave it undetermined, its
   stabiliser, all give the same copy), the inner model runs once on that canonical copy, and the output is
-  the mean over the frame of g^-1 . M(g . x), per position (Kaba et al. 2023).
+  the mean over the frame of g^-1 . M(g . x), per position (Kaba et al. 2023). For a seq2seq model the
+  input at a decoder position is the encoder ids followed by the decoder ids up to there (`modeling_seq2seq`).
 - its citation for the model card, and whether it has trainable parameters.
 
 `symmetrization="..."` everywhere (config, `make_equivariant`, `from_base_model`, the command line, the
