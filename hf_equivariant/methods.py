@@ -16,7 +16,8 @@ of orders |G1|, ..., |GN|:
 - whether it *canonicalises*: then the copies are the input's frame, the elements g that send it to its
   canonical form (an orbit-invariant choice the domain makes; the elements that leave it undetermined, its
   stabiliser, all give the same copy), the inner model runs once on that canonical copy, and the output is
-  the mean over the frame of g^-1 . M(g . x), per position (Kaba et al. 2023).
+  the mean over the frame of g^-1 . M(g . x), per position (Kaba et al. 2023). For a seq2seq model the
+  input at a decoder position is the encoder ids followed by the decoder ids up to there (`modeling_seq2seq`).
 - its citation for the model card, and whether it has trainable parameters.
 
 `symmetrization="..."` everywhere (config, `make_equivariant`, `from_base_model`, the command line, the
@@ -194,7 +195,6 @@ class SymmetrizationMethod:
     - `trainable`: whether its weights module has parameters to train.
     - `canonicalizes`: whether its copies are the input's frame (see the module docstring; its plan must be
       the full product, one copy per element, and it has no weights).
-    - `seq2seq`: whether it works for encoder-decoder models too.
     """
 
     name: str
@@ -204,7 +204,6 @@ class SymmetrizationMethod:
     weights: Callable[..., CopyWeights] | None = None
     trainable: bool = False
     canonicalizes: bool = False
-    seq2seq: bool = True
 
     def num_copies(self, orders: Sequence[int]) -> int:
         """Copies per input row (the plan's)."""
@@ -262,7 +261,7 @@ register_symmetrization(SymmetrizationMethod(
     "canonicalize", full_product_plan, CANONICALIZATION_PAPER,
     "frame canonicalisation: g_x^-1 . M(g_x . x), with g_x sending, factor by factor, the classes in the order "
     "of their first word to the least classes (0, 1, 2, ...); the elements this leaves open are averaged over. "
-    "The inner model runs once per input, on the canonical copy", canonicalizes=True, seq2seq=False))
+    "The inner model runs once per input, on the canonical copy", canonicalizes=True))
 
 
 def count_copies(orders: Sequence[int], symmetrization: str) -> int:

@@ -22,7 +22,7 @@ from transformers.utils import ModelOutput
 from . import boundaries
 from .configuration_equivariant import EquivariantConfig
 from .groups import resolve_groups
-from .methods import DEFAULT_SYMMETRIZATION, SYMMETRIZATIONS, CopyScores, branch_scale, get_symmetrization
+from .methods import DEFAULT_SYMMETRIZATION, CopyScores, branch_scale, get_symmetrization
 from .rows import CacheRows, CopyRows, expand_rows, holds_past
 from .symmetrize import CopyPlan, Pool, class_keys, frame, plan_copies, support_lookup, transform_ids
 
@@ -133,9 +133,6 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         model.config = config.text_config
         self.model = model
         method = get_symmetrization(config.symmetrization)
-        if config.is_encoder_decoder and not method.seq2seq:
-            raise ValueError(f"symmetrization={config.symmetrization!r} supports causal LMs only; choose one of "
-                             f"{tuple(name for name, m in SYMMETRIZATIONS.items() if m.seq2seq)} for a seq2seq model")
         # the method's input-dependent copy weights (a module: its parameters, if any, are the wrapper's own)
         self.copy_weights = method.weights(config, **(config.method_options or {})) if method.weights else None
         self._refuse_moved_special_tokens()
@@ -316,7 +313,8 @@ class EquivariantPreTrainedModel(PreTrainedModel):
 
     def symmetrised_forward(self, ids: torch.Tensor, per_row: dict, *, labels=None, cache=None, use_cache=None,
                             preceding_token_ids=None, following_token_ids=None, history_ids=None,
-                            context: torch.Tensor | None = None) -> Symmetrised:
+                            context: torch.Tensor | None = None,
+                            context_copies: torch.Tensor | None = None) -> Symmetrised:
         """The forward pass of every task: transform -> distinct rows -> inner calls -> combine.
 
         - `ids` [B, T]: the ids the group acts on and whose next-token scores are computed (the decoder's
@@ -330,6 +328,10 @@ class EquivariantPreTrainedModel(PreTrainedModel):
           action needs it); `following_token_ids` ([B]): the token known to follow the last one.
         - `history_ids` ([B, T_past + T]): every token of each row so far, `ids` last, when `cache` holds the
           past and the method canonicalises (the frame depends on the whole prefix).
+        - `context_copies` [K*B, S]: for a canonicalising method with a context, the ids each copy's context
+          was computed from (the encoder ids g_k . x of every copy): the frame at a position is that of the
+          context's ids followed by the history up to there (see `symmetrize.frame`), since the output there
+          depends on both. `context` must then be the canonical copy's for every copy row.
 
         Copies run through the inner model one block of distinct rows at a time (`inner_blocks`); the
         method's fixed weights combine each block as it comes. A method with input-dependent weights
@@ -358,7 +360,7 @@ class EquivariantPreTrainedModel(PreTrainedModel):
                 history_ids, history_copies = ids, copies
             else:
                 history_copies = self.transform_ids(history_ids, self.word_occurrences(history_ids))
-            canonical, in_frame = frame(history_copies, self.plan_class_keys, batch_size)
+            canonical, in_frame = frame(history_copies, self.plan_class_keys, batch_size, context_copies)
             copies, in_frame = canonical[:, -ids.shape[1]:], in_frame[..., -ids.shape[1]:]
         keys = copies
         if context is not None and self.deduplicates(cache) and self.cache_rows.of(cache) is None:

@@ -113,7 +113,8 @@ def class_keys(factors: list[TokenSwapGroup], vocab_size: int) -> torch.Tensor:
     return keys
 
 
-def frame(copies: torch.Tensor, keys: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def frame(copies: torch.Tensor, keys: torch.Tensor, batch_size: int,
+          prefix: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame canonicalisation of B rows from their K copies, one per element of the product ([K*B, T]).
 
     The canonical form of a prefix x<=t is, among its copies, the one whose sequence of classes (`keys`) is
@@ -121,16 +122,20 @@ def frame(copies: torch.Tensor, keys: torch.Tensor, batch_size: int) -> tuple[to
     classes the factor allows (0, 1, 2, ... for a symmetric factor; for a cyclic one the first word's class
     goes to 0). It depends on the orbit only, and the frame of a longer prefix lies in that of a shorter
     one, so the least copy of the whole row is canonical at every position.
+    `prefix` ([K*B, S], the same elements' copies of what comes before, e.g. a seq2seq model's encoder ids):
+    the frame is then that of the concatenation prefix ++ copies, read at the positions of `copies` only
+    (x<=t above is the whole prefix and the first t+1 tokens of the row).
     Returns (for every copy row the row's canonical copy, [K*B, T]; [K, B, T] bool: whether element k sends
     x<=t to its canonical form, i.e. is in the frame of the prefix).
     """
     num_copies = copies.shape[0] // batch_size
-    classes = keys[copies]
+    sequence = copies if prefix is None else torch.cat([prefix, copies], dim=1)
+    classes = keys[sequence]
     owners = torch.arange(copies.shape[0], device=copies.device) % batch_size
     rank = torch.unique(torch.cat([owners[:, None], classes], dim=1), dim=0, return_inverse=True)[1]
     least = rank.view(num_copies, batch_size).argmin(0) * batch_size + torch.arange(batch_size, device=copies.device)
     in_frame = (classes.view(num_copies, batch_size, -1) != classes[least]).cumsum(-1) == 0
-    return copies[least].repeat(num_copies, 1), in_frame
+    return copies[least].repeat(num_copies, 1), in_frame[..., sequence.shape[1] - copies.shape[1]:]
 
 
 class Pool:

@@ -31,7 +31,6 @@ SCAN_SPLITS = ("simple", "length", "addprim_jump", "addprim_turn_left", "templat
                "template_jump_around_right", "template_opposite_right", "template_right", "scan_ii")
 SYMMETRIZATIONS = ("equitune", "multi_equitune", "equizero", "multi_equizero", "canonicalize", "lambda_equitune",
                    "multi_lambda_equitune")
-CAUSAL_ONLY_SYMMETRIZATIONS = ("canonicalize",)  # methods that wrap no seq2seq model
 AVERAGES = ("log_probs", "logits", "probs")
 ACTIONS = ("word", "token")
 DEFAULT_GROUPS = "gender,race"
@@ -354,8 +353,6 @@ def check_arguments(args) -> None:
         if args.split != "scan_ii" and (wrong := [g for g in args.groups if g in SCAN_II_ONLY_GROUPS]):
             raise UsageError(f"--groups {','.join(wrong)} swaps up and down, which occur only in SCAN-II; use "
                              f"--split scan_ii, or scan_verbs/scan_directions for --split {args.split}")
-        if wrong := [m for m in args.symmetrization if m in CAUSAL_ONLY_SYMMETRIZATIONS]:
-            raise UsageError(f"--symmetrization {','.join(wrong)} wraps causal LMs only, not SCAN's seq2seq model")
         if args.d_model % 4:
             raise UsageError(f"--d-model {args.d_model} must be a multiple of 4 (the BART has 4 attention heads)")
         check_output(args.out, "--out")

@@ -494,6 +494,34 @@ def element_permutation(tokenizer, class_lists, shifts, vocab_size=None) -> torc
     return ActionOracle(tokenizer, class_lists, vocab_size or len(tokenizer), "token").permutation(shifts)
 
 
+def causal_token_errors(model, tokenizer, class_lists, batch) -> list[float]:
+    """Causal logits under the token action (word-level tokenizer), `batch` the tokenised prompts (input_ids,
+    attention_mask): for every element g, max |M(g.x)[..., p_g] - M(x)|, with p_g the oracle's vocabulary
+    permutation."""
+    errors = []
+    with torch.no_grad():
+        reference = model(**batch).logits
+        for g in all_elements(class_lists):
+            p = element_permutation(tokenizer, class_lists, g)
+            moved = model(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"]).logits
+            errors.append((moved[..., p] - reference).abs().max().item())
+    return errors
+
+
+def token_generation_mismatches(model, tokenizer, class_lists, batch, **options) -> list[tuple]:
+    """The elements g for which generate(g.x) != g.generate(x) under the token action (word-level tokenizer), on
+    `batch` (input_ids, attention_mask; causal or seq2seq) with generate()'s `options`; [] when none."""
+    mismatches = []
+    with torch.no_grad():
+        out = model.generate(**batch, **options)
+        for g in all_elements(class_lists):
+            p = element_permutation(tokenizer, class_lists, g)
+            moved = model.generate(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"], **options)
+            if not torch.equal(moved, p[out]):
+                mismatches.append(g)
+    return mismatches
+
+
 def seq2seq_token_errors(model, tokenizer, class_lists, prompts, targets) -> list[float]:
     """Teacher-forced seq2seq logits under the token action (word-level tokenizer): for every element g,
     max |M(g.x, g.y)[..., p_g] - M(x, y)|, with p_g the oracle's vocabulary permutation."""

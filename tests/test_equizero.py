@@ -13,10 +13,12 @@ from conftest import (
     all_elements,
     assert_word_equivariant,
     bpe_tokenizer,
+    causal_token_errors,
     element_permutation,
     seq2seq_token_errors,
     tiny_gpt2,
     tiny_t5,
+    token_generation_mismatches,
 )
 
 from hf_equivariant import EquivariantModelForCausalLM, WordSwapGroup, make_equivariant
@@ -104,11 +106,7 @@ def test_matches_the_formula_and_is_equivariant_for_every_element(base_model, to
         torch.testing.assert_close(reference, expected, atol=1e-4, rtol=1e-4)
         uniform = wrap(base_model, tokenizer, symmetrization.replace("zero", "tune"))(**batch).logits
         assert (reference - uniform).abs().max() > 1e-2  # it selects: not the uniform average
-        errors = []
-        for g in all_elements(CLASS_LISTS):
-            p = element_permutation(tokenizer, CLASS_LISTS, g)
-            moved = model(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"]).logits
-            errors.append((moved[..., p] - reference).abs().max().item())
+    errors = causal_token_errors(model, tokenizer, CLASS_LISTS, batch)
     assert len(errors) == 6 and max(errors) <= 1e-4
 
 
@@ -129,14 +127,8 @@ def test_picking_one_of_equal_copies_breaks_equivariance_on_fixed_prompts(tokeni
     try:
         base = tiny_gpt2(len(tokenizer))
         batch = tokenizer(["the man was known for his"], return_tensors="pt")
-        errors = {}
-        for name in ("equizero", "test_first_argmin"):
-            model = wrap(base, tokenizer, name)
-            with torch.no_grad():
-                reference = model(**batch).logits
-                errors[name] = max(
-                    (model(input_ids=p[batch["input_ids"]]).logits[..., p] - reference).abs().max().item()
-                    for p in (element_permutation(tokenizer, CLASS_LISTS, g) for g in all_elements(CLASS_LISTS)))
+        errors = {name: max(causal_token_errors(wrap(base, tokenizer, name), tokenizer, CLASS_LISTS, batch))
+                  for name in ("equizero", "test_first_argmin")}
     finally:
         del SYMMETRIZATIONS["test_first_argmin"]
     assert errors["equizero"] <= 1e-4
@@ -166,11 +158,7 @@ def test_generation_is_equivariant_and_cache_safe(tokenizer, symmetrization):
     assert torch.equal(out, model.generate(**batch, max_new_tokens=6, do_sample=False, use_cache=False))
     beams = dict(max_new_tokens=6, do_sample=False, num_beams=3)
     assert torch.equal(model.generate(**batch, **beams), model.generate(**batch, **beams, use_cache=False))
-    for g in all_elements(CLASS_LISTS):
-        p = element_permutation(tokenizer, CLASS_LISTS, g)
-        moved = model.generate(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"],
-                               max_new_tokens=6, do_sample=False)
-        assert torch.equal(moved, p[out]), g
+    assert token_generation_mismatches(model, tokenizer, CLASS_LISTS, batch, max_new_tokens=6, do_sample=False) == []
 
 
 @pytest.mark.parametrize("symmetrization", METHODS)
@@ -219,11 +207,7 @@ def test_other_averages_are_equivariant_and_blocks_change_nothing(tokenizer, sym
         reference = model(**batch).logits
         model.config.max_inner_rows = 4  # several inner calls; the weights see every block
         torch.testing.assert_close(model(**batch, use_cache=False).logits, reference, atol=1e-5, rtol=1e-5)
-        errors = []
-        for g in all_elements(CLASS_LISTS):
-            p = element_permutation(tokenizer, CLASS_LISTS, g)
-            moved = model(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"]).logits
-            errors.append((moved[..., p] - reference).abs().max().item())
+    errors = causal_token_errors(model, tokenizer, CLASS_LISTS, batch)
     assert len(errors) == 6 and max(errors) <= 1e-4
 
 

@@ -13,10 +13,12 @@ from conftest import (
     PROMPTS,
     RACE_CLASSES,
     all_elements,
+    causal_token_errors,
     element_permutation,
     seq2seq_token_errors,
     tiny_gpt2,
     tiny_t5,
+    token_generation_mismatches,
 )
 from torch import nn
 
@@ -117,18 +119,8 @@ def test_plugin_matches_its_formula_and_is_equivariant_for_every_element(base_mo
         torch.testing.assert_close(reference, expected, atol=1e-4, rtol=1e-4)
         uniform = wrap(base_model, tokenizer, "equitune")(**batch).logits
         assert (reference - uniform).abs().max() > 1e-2  # the weights are not uniform
-        errors = []
-        for g in all_elements(CLASS_LISTS):
-            p = element_permutation(tokenizer, CLASS_LISTS, g)
-            moved = model(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"]).logits
-            errors.append((moved[..., p] - reference).abs().max().item())
-        control = wrap(base_model, tokenizer, "test_copy_index")
-        control_reference = control(**batch).logits
-        control_errors = []
-        for g in all_elements(CLASS_LISTS):
-            p = element_permutation(tokenizer, CLASS_LISTS, g)
-            moved = control(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"]).logits
-            control_errors.append((moved[..., p] - control_reference).abs().max().item())
+    errors = causal_token_errors(model, tokenizer, CLASS_LISTS, batch)
+    control_errors = causal_token_errors(wrap(base_model, tokenizer, "test_copy_index"), tokenizer, CLASS_LISTS, batch)
     assert len(errors) == 6 and max(errors) <= 1e-4
     assert max(control_errors) > 1e-2  # negative control: weights by copy index break equivariance
 
@@ -138,11 +130,7 @@ def test_plugin_generation_is_equivariant(tokenizer):
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     out = model.generate(**batch, max_new_tokens=6, do_sample=False)
     assert torch.equal(out, model.generate(**batch, max_new_tokens=6, do_sample=False, use_cache=False))
-    for g in all_elements(CLASS_LISTS):
-        p = element_permutation(tokenizer, CLASS_LISTS, g)
-        moved = model.generate(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"],
-                               max_new_tokens=6, do_sample=False)
-        assert torch.equal(moved, p[out]), g
+    assert token_generation_mismatches(model, tokenizer, CLASS_LISTS, batch, max_new_tokens=6, do_sample=False) == []
 
 
 def test_plugin_on_a_seq2seq_model_is_equivariant(seq2seq_tokenizer):

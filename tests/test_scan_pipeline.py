@@ -34,7 +34,7 @@ def test_scan_groups_pair_each_word_with_its_action(tokenizer):
 
 
 @pytest.mark.parametrize("architecture", sorted(SEQ2SEQ_ARCHITECTURES))
-@pytest.mark.parametrize("symmetrization, copies", [("equitune", 8), ("multi_equitune", 6)])
+@pytest.mark.parametrize("symmetrization, copies", [("equitune", 8), ("multi_equitune", 6), ("canonicalize", 8)])
 def test_scan_ii_wrappers_are_equivariant(tokenizer, architecture, symmetrization, copies):
     base = SEQ2SEQ_ARCHITECTURES[architecture](len(tokenizer))
     base.generation_config.forced_eos_token_id = None
@@ -65,16 +65,17 @@ def test_exact_match_compares_whole_sequences(tokenizer):
 def test_tiny_experiment_runs_every_stage_through_the_cli(capsys, tmp_path):
     hf_equivariant_cli.main(["scan", "--split", "addprim_jump", "--groups", "scan_verbs", "--seeds", "0",
                              "--pretrain-epochs", "1", "--finetune-epochs", "1", "--max-train-examples", "64",
-                             "--max-eval-examples", "8", "--d-model", "32", "--layers", "1",
-                             "--out", str(tmp_path / "scan.md")])
+                             "--max-eval-examples", "8", "--d-model", "32", "--layers", "1", "--symmetrization",
+                             "equitune,multi_equitune,canonicalize", "--out", str(tmp_path / "scan.md")])
     table, stages = capsys.readouterr()
     assert "| model | inner passes | test exact match (%) | train s | eval s |" in table
     for stage, passes in [("pretrained", 1), ("equitune zero-shot", 4), ("equitune fine-tuned", 4),
-                          ("multi_equitune zero-shot", 4), ("multi_equitune fine-tuned", 4)]:
+                          ("multi_equitune zero-shot", 4), ("multi_equitune fine-tuned", 4),
+                          ("canonicalize zero-shot", 1), ("canonicalize fine-tuned", 1)]:
         assert f"| {stage} | {passes} |" in table
     labels = [line for line in stages.splitlines() if line.startswith("[seed 0: ")]
     assert labels == ["[seed 0: pretraining]", "[seed 0: pretrained: evaluating]",
-                      *(f"[seed 0: {method}: {label}]" for method in ("equitune", "multi_equitune")
+                      *(f"[seed 0: {method}: {label}]" for method in ("equitune", "multi_equitune", "canonicalize")
                         for label in ("zero-shot evaluation", "fine-tuning", "evaluating the fine-tuned model"))]
     written = (tmp_path / "scan.md").read_text()
     assert written.startswith("Reproduce: `hf-equivariant scan --split addprim_jump")

@@ -127,8 +127,9 @@ def run_seed(config: ScanExperiment, seed: int) -> list[dict]:
     def evaluate(stage, model, trainer, seconds):
         start = time.perf_counter()
         accuracy = {name: exact_match(trainer, ds, tokenizer) for name, ds in tests.items()}
-        copies = getattr(model, "num_copies", 1)
-        rows.append({"seed": seed, "stage": stage, "passes": copies, "train_seconds": seconds,
+        method = getattr(model, "method", None)  # inner passes per input: 1 for the plain model and canonicalize
+        passes = 1 if method is None else method.inner_passes([f.order for f in model.config.factors])
+        rows.append({"seed": seed, "stage": stage, "passes": passes, "train_seconds": seconds,
                      "eval_seconds": time.perf_counter() - start, **accuracy})
 
     def stage(label):
@@ -146,7 +147,7 @@ def run_seed(config: ScanExperiment, seed: int) -> list[dict]:
         stage("pretrained: evaluating")
         evaluate("pretrained", base, trainer, time.perf_counter() - start)
         pretrained_state = {k: v.clone() for k, v in base.state_dict().items()}
-        for symmetrization in config.symmetrizations or [n for n, m in SYMMETRIZATIONS.items() if m.seq2seq]:
+        for symmetrization in config.symmetrizations or list(SYMMETRIZATIONS):
             base.load_state_dict(pretrained_state)
             model = make_equivariant(base, groups, tokenizer, symmetrization=symmetrization)
             trainer = trainer_for(model, tokenizer, train, config.finetune_epochs, config.finetune_learning_rate,
