@@ -72,6 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--experiments", default=",".join(EXPERIMENTS))
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--symmetrizations", help="comma-separated registered methods to compare (default: all)")
     parser.add_argument("--out", default="docs/results/scan.md")
     parser.add_argument("--rows-json", help="also write every result row (per seed and stage) as JSON here")
     args = parser.parse_args()
@@ -81,6 +82,8 @@ def main() -> None:
     all_rows = {}
     for name in args.experiments.split(","):
         config = dataclasses.replace(EXPERIMENTS[name], seeds=tuple(int(s) for s in args.seeds.split(",")))
+        if args.symmetrizations:
+            config = dataclasses.replace(config, symmetrizations=tuple(args.symmetrizations.split(",")))
         start = time.perf_counter()
         rows = run(config)
         text = section(name, config, rows, time.perf_counter() - start, command, device_name())
