@@ -3,10 +3,12 @@ image classifiers and CLIP over rotations and mirror images."""
 
 from . import lambda_equitune, presets  # noqa: F401 (lambda_equitune registers its methods)
 from .check import check_equivariance
+from .configuration_base import EquivariantBaseConfig
 from .configuration_equivariant import EquivariantConfig
 from .configuration_vision import EquivariantVisionConfig
 from .groups import TokenSwapGroup, WordSwapGroup, resolve_groups
 from .image_groups import ImageGroup
+from .modeling_base import EquivariantBasePreTrainedModel
 from .modeling_causal import EquiGPT2LMHeadModel, EquivariantModelForCausalLM
 from .modeling_equivariant import EquivariantPreTrainedModel
 from .modeling_seq2seq import EquivariantModelForSeq2SeqLM
@@ -19,6 +21,8 @@ register_auto_classes()
 __version__ = "0.1.0"
 __all__ = [
     "EquiGPT2LMHeadModel",
+    "EquivariantBaseConfig",
+    "EquivariantBasePreTrainedModel",
     "EquivariantCLIPModel",
     "EquivariantConfig",
     "EquivariantModelForCausalLM",

@@ -1,8 +1,8 @@
 """Vision wrappers: any image classifier, and CLIP, with outputs invariant to a product of image groups.
 
-Both hold the pretrained model as `self.model`. A forward pass makes the copies of the images that the
-symmetrisation needs (`image_symmetrize`), runs the distinct ones through the inner model as one batch and
-combines their scores:
+Each holds the pretrained model as `self.model` (see `modeling_base`). A forward pass makes the copies of the
+images that the symmetrisation needs (`image_symmetrize`), runs the distinct ones through the inner model as
+one batch and combines their scores:
 - `EquivariantModelForImageClassification`: the class logits (any `AutoModelForImageClassification`:
   ViT, ResNet, ConvNeXt, ...);
 - `EquivariantCLIPModel`: the image-text logits of a CLIP model (`logits_per_image`, zero-shot
@@ -10,9 +10,6 @@ combines their scores:
 """
 
 from __future__ import annotations
-
-import itertools
-import os
 
 import torch
 from transformers import (
@@ -27,11 +24,12 @@ from transformers.models.clip.modeling_clip import CLIPOutput, image_text_contra
 from .configuration_vision import EquivariantVisionConfig
 from .image_groups import resolve_image_groups
 from .image_symmetrize import combine, distinct_rows, image_copies, image_plan
-from .methods import DEFAULT_SYMMETRIZATION, ElementPlan, get_symmetrization
+from .methods import DEFAULT_SYMMETRIZATION, ElementPlan
+from .modeling_base import HUB_KWARGS, EquivariantBasePreTrainedModel
 
-HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token",
-              "trust_remote_code")
-CONFIG_OPTIONS = ("symmetrization", "method_options", "average", "deduplicate")
+# The settings EquivariantVisionConfig adds (symmetrization, average, deduplicate, ...): from_pretrained overrides.
+CONFIG_OPTIONS = tuple(name for name in EquivariantVisionConfig.wrapper_settings() if name not in ("inner_config",
+                                                                                                   "groups"))
 
 
 class InnerRows:
@@ -50,45 +48,26 @@ class InnerRows:
             self.rows, self.inverse = copies, torch.arange(copies.shape[0], device=copies.device)
 
 
-class EquivariantVisionPreTrainedModel(PreTrainedModel):
-    """Base class: wraps `self.model` (built by `auto_model_class`) and symmetrises its image side."""
+class EquivariantVisionPreTrainedModel(EquivariantBasePreTrainedModel):
+    """Base class of the image models: symmetrises the image side of `self.model` over `config.factors`."""
 
     config_class = EquivariantVisionConfig
-    base_model_prefix = "model"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
-    auto_model_class = None  # the Auto class of the inner model, set by each task subclass
+    how_to_wrap = "make_equivariant(model, groups=['rot90', 'hflip'])"
+    pipeline_tag = None  # the pipeline the model card announces, set by each task subclass
 
     def __init__(self, config: EquivariantVisionConfig, model: PreTrainedModel | None = None):
-        if not config.groups:
-            raise ValueError(
-                f"the config has no groups (groups={config.groups!r}): build the model with "
-                f"make_equivariant(model, groups=['rot90', 'hflip']) or from_pretrained(base, groups=[...])"
-            )
-        super().__init__(config)
-        if model is None:
-            model = self.auto_model_class.from_config(config.inner_config)
-        else:
-            # A pretrained model must come out intact: keep post_init() from initialising it again.
-            for part in itertools.chain(model.modules(), model.parameters(), model.buffers()):
-                part._is_hf_initialized = True
-        config.inner_config._attn_implementation = model.config._attn_implementation
-        model.config = config.inner_config
-        self.model = model
-        method = get_symmetrization(config.symmetrization)
-        # the method's input-dependent copy weights (a module: its parameters, if any, are the wrapper's own)
-        self.copy_weights = method.weights(config, **(config.method_options or {})) if method.weights else None
+        super().__init__(config, model)
+        self.post_init()
+
+    def check_method(self) -> None:
+        """The image wrappers give input-dependent weights the copies' scores, not hidden states."""
         if self.copy_weights is not None and self.copy_weights.uses_hidden_states:
             raise ValueError(
-                f"symmetrization {config.symmetrization!r} weighs copies by the inner model's hidden states, which "
-                f"the image wrappers do not provide; choose a method whose weights read the copies' scores only"
+                f"symmetrization {self.config.symmetrization!r} weighs copies by the inner model's hidden states, "
+                f"which the image wrappers do not provide; choose a method whose weights read the copies' scores only"
             )
-        self.post_init()
 
     def _init_weights(self, module):
         """Modules of the inner model missing from a checkpoint are initialised as the inner model would; the
@@ -119,11 +98,11 @@ class EquivariantVisionPreTrainedModel(PreTrainedModel):
                         average: str = "probs", **options):
         """Wrap an in-memory model; its weights are shared. `options` are further `EquivariantVisionConfig`
         settings (`method_options`, `deduplicate`)."""
-        if isinstance(model, EquivariantVisionPreTrainedModel):
+        if isinstance(model, EquivariantBasePreTrainedModel):
             raise ValueError("the model is already invariant; wrap its inner model (`.model`) instead")
         if not isinstance(model, PreTrainedModel):
             raise TypeError(f"expected a transformers PreTrainedModel, got {type(model).__name__}")
-        config = EquivariantVisionConfig(
+        config = cls.config_class(
             inner_config=model.config,
             groups=[f.to_dict() for f in resolve_image_groups(groups)],
             symmetrization=symmetrization,
@@ -136,19 +115,19 @@ class EquivariantVisionPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, groups=None, **kwargs):
         """Load a saved invariant model, or a plain checkpoint made invariant with `groups=[...]`.
 
-        `symmetrization`, `method_options`, `average` and `deduplicate` given as keywords override the saved
-        choice; the remaining keywords go to the inner model's loading, as in transformers.
+        `symmetrization`, `method_options`, `average`, `deduplicate` and `base_model` given as keywords override
+        the saved choice; the remaining keywords go to the inner model's loading, as in transformers.
         """
         hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         config = kwargs.pop("config", None) or AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         options = {k: kwargs.pop(k) for k in CONFIG_OPTIONS if k in kwargs}
-        if config.model_type == EquivariantVisionConfig.model_type:
+        if isinstance(config, EquivariantVisionConfig):
             if groups is not None:
                 raise ValueError(
                     f"{pretrained_model_name_or_path} is already invariant (groups "
                     f"{[f.name for f in config.factors]}); load it without groups=, or load its base model"
                 )
-            config = EquivariantVisionConfig(**{**config.to_dict(), **options}) if options else config
+            config = type(config)(**{**config.to_dict(), **options}) if options else config
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
         if groups is None:
             raise ValueError(
@@ -158,25 +137,19 @@ class EquivariantVisionPreTrainedModel(PreTrainedModel):
         model = cls.auto_model_class.from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         return cls.from_base_model(model, groups, **options)
 
-    def model_card(self, tags: list[str] | None = None):
-        """The model card (`huggingface_hub.ModelCard`): base model, groups, method and its cost."""
+    def model_card(self, tags: list[str] | None = None, repo_id: str | None = None):
+        """The model card (`huggingface_hub.ModelCard`): base model, image groups, method, passes per image."""
         from .modelcard import vision_model_card
 
-        return vision_model_card(self.config, type(self).__name__, tags=[*(self.model_tags or []), *(tags or [])])
-
-    def save_pretrained(self, save_directory, is_main_process: bool = True, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus a README.md model card (merged into one the user wrote)."""
-        from .modelcard import save_model_card
-
-        super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
-        if is_main_process:
-            save_model_card(self.model_card(), os.path.join(save_directory, "README.md"))
+        return vision_model_card(self.config, self.pipeline_tag, self.auto_model_class.__name__,
+                                 tags=[*(self.model_tags or []), *(tags or [])], repo_id=repo_id)
 
 
 class EquivariantModelForImageClassification(EquivariantVisionPreTrainedModel):
     """An image classifier whose logits are invariant to the groups: logits(g . x) = logits(x) for every g."""
 
     auto_model_class = AutoModelForImageClassification
+    pipeline_tag = "image-classification"
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ImageClassifierOutput:
         """Symmetrised logits ([B, num_labels]; with average="probs" their softmax is the averaged distribution)
@@ -194,14 +167,16 @@ class EquivariantCLIPModel(EquivariantVisionPreTrainedModel):
     auto_model_class = AutoModelForZeroShotImageClassification
     main_input_name = "input_ids"
     input_modalities = ("image", "text")
+    pipeline_tag = "zero-shot-image-classification"
 
-    def __init__(self, config: EquivariantVisionConfig, model: PreTrainedModel | None = None):
+    def check_config(self, config: EquivariantVisionConfig) -> None:
+        """Groups, and a CLIP inner model."""
+        super().check_config(config)
         if config.inner_config.model_type != "clip":
             raise ValueError(
                 f"EquivariantCLIPModel wraps CLIP models, got a {config.inner_config.model_type} model: its image-text "
                 f"scores (SigLIP: sigmoid with a bias) and loss are not handled here"
             )
-        super().__init__(config, model)
 
     def get_text_features(self, input_ids, attention_mask=None, position_ids=None) -> BaseModelOutputWithPooling:
         return self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask,

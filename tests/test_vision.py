@@ -1,11 +1,15 @@
 """Vision wrappers on tiny random ViT, ResNet, ConvNeXt and CLIP models: invariance of every method for every
-element, counted inner passes, save/load, Auto classes, model card, pipelines and a Trainer step."""
+element, counted inner passes, save/load, Auto classes, model card (saved and pushed to a mocked Hub), pipelines
+and a Trainer step."""
+
+import os
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from test_image_groups import METHODS, images, oracle_elements
+from test_save_load import USER_CARD, front_matter
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
     AutoModelForImageClassification,
@@ -31,6 +35,7 @@ from hf_equivariant import (
     EquivariantVisionConfig,
     make_equivariant,
 )
+from hf_equivariant.methods import MULTI_GROUP_PAPER
 
 LABELS = {i: f"class {i}" for i in range(5)}
 GROUPS = [["rot90", "hflip"], ["hflip", "vflip"], ["rot90"]]
@@ -334,3 +339,61 @@ def test_methods_reading_hidden_states_are_refused_for_images():
             make_equivariant(tiny_vit(), ["hflip"], symmetrization="test_hidden")
     finally:
         del SYMMETRIZATIONS["test_hidden"]
+
+
+def test_push_to_hub_uploads_the_vision_model_and_its_card(mocked_hub):
+    model = make_equivariant(tiny_vit(), ["rot90", "hflip"]).eval()
+    model.config.base_model = "google/vit-base-patch16-224"
+    model.push_to_hub("user/inv-vit", tags=["digits"])
+    assert {"README.md", "config.json", "model.safetensors"} <= set(os.listdir(mocked_hub))
+    loaded = AutoModelForImageClassification.from_pretrained(mocked_hub)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixels()).logits, model(pixels()).logits, atol=0, rtol=0)
+    meta = front_matter(mocked_hub / "README.md")
+    assert meta["library_name"] == "transformers" and meta["base_model"] == "google/vit-base-patch16-224"
+    assert meta["pipeline_tag"] == "image-classification"
+    assert {"hf-equivariant", "invariance", "multi_equitune", "group:rot90", "group:hflip", "digits"} <= set(
+        meta["tags"])
+    body = (mocked_hub / "README.md").read_text()
+    assert "| `rot90` | rot90 | 4 |" in body and "| `hflip` | hflip | 2 |" in body and "(order 8)" in body
+    assert ("Inner forward passes per image: **6** (per method: equitune 8, multi_equitune 6, equizero 8, "
+            "multi_equizero 6, canonicalize 1") in body
+    assert MULTI_GROUP_PAPER in body  # the method's citation
+    assert 'AutoModelForImageClassification.from_pretrained("user/inv-vit")' in body
+
+
+def test_push_to_hub_keeps_the_vision_card_the_user_has_on_the_hub(mocked_hub):
+    (mocked_hub / "README.md").write_text(USER_CARD)
+    model = make_equivariant(tiny_clip(), ["rot90", "hflip"], symmetrization="equitune")
+    model.push_to_hub("user/inv")
+    make_equivariant(model.model, ["vflip"]).push_to_hub("user/inv")  # a second push updates the section it added
+    text = (mocked_hub / "README.md").read_text()
+    assert text.count("My own words.") == 1 and text.count("## Groups") == 1 and "hf-equivariant:groups" in text
+    assert "| `vflip` | vflip | 2 |" in text and "`rot90`" not in text
+    assert "Inner forward passes per image: **2**" in text
+    meta = front_matter(mocked_hub / "README.md")
+    assert meta["license"] == "mit" and meta["base_model"] == "someone/base"
+    assert meta["pipeline_tag"] == "zero-shot-image-classification"
+    assert {"mine", "hf-equivariant", "group:rot90", "group:vflip", "equitune"} <= set(meta["tags"])
+
+
+def test_save_pretrained_merges_the_image_groups_into_a_card_the_user_wrote(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(USER_CARD)
+    model = make_equivariant(tiny_resnet(), ["rot90", "hflip"])
+    model.save_pretrained(tmp_path)
+    make_equivariant(model.model, ["hflip"]).save_pretrained(tmp_path)
+    text = readme.read_text()
+    assert text.count("My own words.") == 1 and text.count("## Groups") == 1 and "`rot90`" not in text
+    assert "| `hflip` | hflip | 2 |" in text and "Inner forward passes per image: **2**" in text
+    meta = front_matter(readme)
+    assert meta["license"] == "mit" and meta["pipeline_tag"] == "image-classification"
+    assert {"mine", "group:rot90", "group:hflip"} <= set(meta["tags"])
+    # a card written by the library is rewritten whole, and names a local base model by its folder only
+    tiny_resnet().save_pretrained(tmp_path / "some" / "local-resnet")
+    local = EquivariantModelForImageClassification.from_pretrained(tmp_path / "some" / "local-resnet",
+                                                                   groups=["rot90"])
+    local.save_pretrained(tmp_path / "ours")
+    card = (tmp_path / "ours" / "README.md").read_text()
+    assert card == str(local.model_card()) and "`local-resnet` (a local folder" in card
+    assert str(tmp_path) not in card and "base_model" not in front_matter(tmp_path / "ours" / "README.md")
