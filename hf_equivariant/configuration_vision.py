@@ -16,7 +16,7 @@ class EquivariantVisionConfig(EquivariantBaseConfig):
     """Config of an image classifier or CLIP model whose image side is symmetrised over image groups.
 
     Args (besides `EquivariantBaseConfig`'s: method_options, deduplicate, base_model):
-        inner_config: the inner model's config, nested (a ViT, ResNet, ConvNeXt, ... classifier, or CLIP).
+        inner_config: the inner model's config, nested (a ViT, ResNet, ConvNeXt, ... classifier, CLIP or SigLIP).
         groups: the factors, each an `ImageGroup.to_dict()` ({"name": ..., "kind": "rot90"|"rot180"|"hflip"|"vflip"}).
         symmetrization: the name of a registered method: "multi_equitune" (sum |Gi| inner passes), "equitune"
             (prod |Gi|), ...; see `image_symmetrize` for how its copies are made of images.
@@ -50,3 +50,15 @@ class EquivariantVisionConfig(EquivariantBaseConfig):
     def factors(self) -> list[ImageGroup]:
         return [ImageGroup.from_dict(g) for g in self.groups or []]
 
+
+@strict
+class EquivariantSiglipConfig(EquivariantVisionConfig):
+    """Config of a SigLIP model whose image side is symmetrised over image groups (`EquivariantSiglipModel`).
+
+    The fields are `EquivariantVisionConfig`'s; `average` applies to SigLIP's per-pair sigmoid probabilities
+    (see `image_symmetrize`). Its own model type, which contains "siglip", is what transformers'
+    zero-shot-image-classification pipeline reads to score each label with a sigmoid (not a softmax over the
+    labels) and to pad the texts to 64 tokens, as SigLIP was trained.
+    """
+
+    model_type = "hf_equivariant_siglip"

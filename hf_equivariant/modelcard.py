@@ -125,11 +125,11 @@ def save_model_card(card: ModelCard, path: str) -> None:
     card.save(path)
 
 
-def vision_model_card(config, pipeline_tag: str, auto_class: str, tags: list[str] | None = None,
+def vision_model_card(config, pipeline_tag: str, auto_class: str, link: str = "softmax", tags: list[str] | None = None,
                       repo_id: str | None = None):
     """A card for an image model invariant to image groups (`EquivariantVisionConfig`): the base model, the
-    groups, the method with its citation and the inner passes per image. `pipeline_tag` and `auto_class` are the
-    wrapper's (its Auto class is the inner model's)."""
+    groups, the method with its citation and the inner passes per image. `pipeline_tag`, `auto_class` and `link`
+    (`image_symmetrize.LINKS`) are the wrapper's (its Auto class is the inner model's)."""
     from .image_groups import commute
     from .image_symmetrize import image_plan
 
@@ -167,6 +167,7 @@ def vision_model_card(config, pipeline_tag: str, auto_class: str, tags: list[str
         method_copies={name: image_plan(name, orders).num_copies for name in SYMMETRIZATIONS},
         deduplicate=config.deduplicate,
         average=config.average,
+        link=link,
         method_options=config.method_options or {},
         auto_class=auto_class,
         repo_id=repo_id or base_model and f"<user>/invariant-{base_model.split('/')[-1]}" or "<user>/<repo>",
