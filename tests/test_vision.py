@@ -257,10 +257,11 @@ def test_trainer_step_then_still_invariant(tmp_path):
 
 @pytest.mark.parametrize("family", IMAGE_TEXT)
 @pytest.mark.parametrize("method", METHODS)
-def test_image_text_image_side_is_invariant(family, method):
+@pytest.mark.parametrize("average", ["probs", "log_probs", "logits"])
+def test_image_text_image_side_is_invariant(family, method, average):
     make_base, wrapper, _ = IMAGE_TEXT[family]
     base = make_base()
-    model = make_equivariant(base, ["rot90", "hflip"], symmetrization=method).eval()
+    model = make_equivariant(base, ["rot90", "hflip"], symmetrization=method, average=average).eval()
     assert type(model) is wrapper
     texts = captions(family)
     x = pixels()
