@@ -5,6 +5,9 @@ With Hub access (real weights and a `datasets` image set):
     python examples/vision_clip_zero_shot.py --model openai/clip-vit-base-patch32 --dataset uoft-cs/cifar10 \\
         --split test --samples 2000
 
+A SigLIP checkpoint (`--model google/siglip-base-patch16-224`) runs the same way; its prompts are padded to
+64 tokens, as SigLIP was trained.
+
 Offline, on local folders (a saved CLIP checkpoint with its tokenizer and image processor, and an image folder
 with one sub-folder per class):
 
@@ -68,7 +71,8 @@ def main(argv=None) -> str:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     image_processor = AutoImageProcessor.from_pretrained(args.model)
     images, labels, names = load_images(args)
-    prompts = tokenizer([args.template.format(name) for name in names], return_tensors="pt", padding=True)
+    padding = dict(padding="max_length", max_length=64) if model.config.model_type == "siglip" else dict(padding=True)
+    prompts = tokenizer([args.template.format(name) for name in names], return_tensors="pt", **padding)
     pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
     moved = random_elements(pixel_values, torch.Generator().manual_seed(0))
 

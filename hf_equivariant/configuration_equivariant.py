@@ -1,4 +1,4 @@
-"""Configuration of an equivariant model: the inner model's config plus the resolved groups."""
+"""Configuration of an equivariant language model: the inner model's config plus the resolved word-swap groups."""
 
 from __future__ import annotations
 
@@ -7,22 +7,19 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .boundaries import ACTIONS, decode_boundaries
+from .configuration_base import EquivariantBaseConfig
 from .groups import TokenSwapGroup, resolve_groups
-from .methods import DEFAULT_SYMMETRIZATION, get_symmetrization
 from .symmetrize import AVERAGES
 
 
 @strict
-class EquivariantConfig(PreTrainedConfig):
-    """Config of a model symmetrised over a product of word-swap groups.
+class EquivariantConfig(EquivariantBaseConfig):
+    """Config of a language model symmetrised over a product of word-swap groups.
 
-    Args:
+    Args (besides `EquivariantBaseConfig`'s: symmetrization, method_options, deduplicate, base_model):
         text_config: the inner (base) model's config, nested; any causal or seq2seq LM.
         groups: the factors, each a resolved `TokenSwapGroup.to_dict()` (words, token orbits,
             vocabulary size), so a saved model needs no tokenizer to rebuild its group.
-        symmetrization: the name of a registered method (`methods.register_symmetrization`):
-            "multi_equitune" (sum |Gi| inner passes), "equitune" (prod |Gi|), ...
-        method_options: keyword arguments of the method's copy weights (equizero's `proxy_loss`, ...).
         average: what the copies' outputs average: "log_probs", "logits" or "probs".
         action: "word" (the group swaps whole words only, never the pieces of a longer word; see
             `boundaries`) or "token" (every occurrence of a support token). Configs saved before the word
@@ -30,7 +27,6 @@ class EquivariantConfig(PreTrainedConfig):
         token_boundaries: the tokenizer's word boundaries for the word action (`boundaries.encode_boundaries`:
             per token, whether a word may end before it and begin after it, or that every token is a word,
             as with word-level tokenizers); None for the token action.
-        base_model: name or path of the checkpoint the model was built from (for the model card).
         deduplicate: run the inner model once per distinct copy (exact; copies of an input that are
             equal token for token share an inner row and, in generation, a KV-cache row).
         max_inner_rows: at most this many inner rows per inner call in passes that use no KV cache
@@ -39,31 +35,20 @@ class EquivariantConfig(PreTrainedConfig):
 
     model_type = "hf_equivariant"
     sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="gpt2")}
+    inner_config_field = "text_config"
+    averages = AVERAGES
 
     text_config: PreTrainedConfig | dict | None = None
-    groups: list | None = None
-    symmetrization: str = DEFAULT_SYMMETRIZATION
-    method_options: dict | None = None
     average: str = "log_probs"
     action: str = "word"
     token_boundaries: dict | None = None
-    base_model: str | None = None
-    deduplicate: bool = True
     max_inner_rows: int | None = None
     use_cache: bool = True
 
     def __post_init__(self, **kwargs):
-        get_symmetrization(self.symmetrization)  # refuses an unknown name, listing the registered ones
-        if self.average not in AVERAGES:
-            raise ValueError(f"unknown average {self.average!r}, choose one of {AVERAGES}")
         if self.action not in ACTIONS:
             raise ValueError(f"unknown action {self.action!r}, choose one of {ACTIONS}")
-        # The base class sets the attention implementation recursively (None unless asked for): keep the inner one.
-        inner_attn = getattr(self.text_config, "_attn_implementation", None)
-        asked = "attn_implementation" in kwargs
         super().__post_init__(**kwargs)
-        if not asked:
-            self.text_config._attn_implementation = inner_attn
         self.is_encoder_decoder = bool(self.text_config.is_encoder_decoder)
         vocab_size = self.text_config.get_text_config(decoder=True).vocab_size
         if self.groups:

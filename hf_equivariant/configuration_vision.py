@@ -6,48 +6,33 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .configuration_base import EquivariantBaseConfig
 from .image_groups import ImageGroup, resolve_image_groups
 from .image_symmetrize import AVERAGES
-from .methods import DEFAULT_SYMMETRIZATION, get_symmetrization
 
 
 @strict
-class EquivariantVisionConfig(PreTrainedConfig):
+class EquivariantVisionConfig(EquivariantBaseConfig):
     """Config of an image classifier or CLIP model whose image side is symmetrised over image groups.
 
-    Args:
-        inner_config: the inner model's config, nested (a ViT, ResNet, ConvNeXt, ... classifier, or CLIP).
+    Args (besides `EquivariantBaseConfig`'s: method_options, deduplicate, base_model):
+        inner_config: the inner model's config, nested (a ViT, ResNet, ConvNeXt, ... classifier, CLIP or SigLIP).
         groups: the factors, each an `ImageGroup.to_dict()` ({"name": ..., "kind": "rot90"|"rot180"|"hflip"|"vflip"}).
-        symmetrization: the name of a registered method (`methods.register_symmetrization`): "multi_equitune"
-            (sum |Gi| inner passes), "equitune" (prod |Gi|), ...; see `image_symmetrize` for how its copies
-            are made of images.
-        method_options: keyword arguments of the method's copy weights (equizero's `proxy_loss`, ...).
+        symmetrization: the name of a registered method: "multi_equitune" (sum |Gi| inner passes), "equitune"
+            (prod |Gi|), ...; see `image_symmetrize` for how its copies are made of images.
         average: what the copies' scores average: "probs" (the paper's CLIP code), "log_probs" or "logits".
-        deduplicate: run equal copies (an image fixed by some element) through the inner model once. Exact.
-        base_model: name or path of the checkpoint the model was built from (for the model card).
     """
 
     model_type = "hf_equivariant_vision"
     sub_configs_defaults = {"inner_config": SubConfigSpec(config_class=AutoConfig, model_type="vit")}
+    inner_config_field = "inner_config"
+    averages = AVERAGES
 
     inner_config: PreTrainedConfig | dict | None = None
-    groups: list | None = None
-    symmetrization: str = DEFAULT_SYMMETRIZATION
-    method_options: dict | None = None
     average: str = "probs"
-    deduplicate: bool = True
-    base_model: str | None = None
 
     def __post_init__(self, **kwargs):
-        get_symmetrization(self.symmetrization)  # refuses an unknown name, listing the registered ones
-        if self.average not in AVERAGES:
-            raise ValueError(f"unknown average {self.average!r}, choose one of {AVERAGES}")
-        # The base class sets the attention implementation recursively (None unless asked for): keep the inner one.
-        inner_attn = getattr(self.inner_config, "_attn_implementation", None)
-        asked = "attn_implementation" in kwargs
         super().__post_init__(**kwargs)
-        if not asked:
-            self.inner_config._attn_implementation = inner_attn
         if self.groups:
             self.groups = [f.to_dict() for f in resolve_image_groups(self.groups)]
         # Pipelines read the labels from the outer config.
@@ -64,3 +49,16 @@ class EquivariantVisionConfig(PreTrainedConfig):
     @property
     def factors(self) -> list[ImageGroup]:
         return [ImageGroup.from_dict(g) for g in self.groups or []]
+
+
+@strict
+class EquivariantSiglipConfig(EquivariantVisionConfig):
+    """Config of a SigLIP model whose image side is symmetrised over image groups (`EquivariantSiglipModel`).
+
+    The fields are `EquivariantVisionConfig`'s; `average` applies to SigLIP's per-pair sigmoid probabilities
+    (see `image_symmetrize`). Its own model type, which contains "siglip", is what transformers'
+    zero-shot-image-classification pipeline reads to score each label with a sigmoid (not a softmax over the
+    labels) and to pad the texts to 64 tokens, as SigLIP was trained.
+    """
+
+    model_type = "hf_equivariant_siglip"

@@ -18,6 +18,15 @@ weights, if it has any (equizero's argmin set of a proxy loss, see `methods.bran
     y = sum_k w_k(x) a(z_k),
 with a = identity ("logits"), log_softmax ("log_probs") or softmax ("probs", whose mean is returned as a log,
 so that softmax(y) is the averaged distribution).
+
+Scores whose probabilities are sigmoids (link "sigmoid": SigLIP scores each image-text pair on its own,
+p = sigmoid(z)) average per entry instead:
+- "probs": y = log(sum_k w_k sigmoid(z_k)) - log(sum_k w_k sigmoid(-z_k)), so that sigmoid(y) is the mean of
+  the copies' probabilities (the weights sum to 1);
+- "log_probs": the normalised geometric mean of the copies' Bernoulli distributions, whose logit is
+  sum_k w_k (log sigmoid(z_k) - log sigmoid(-z_k)) = sum_k w_k z_k: the same as "logits".
+Input-dependent weights (equizero) read each copy's softmax over the L scores with either link: for SigLIP's
+image-text scores, the distribution over the texts (its bias cancels there), as in zero-shot classification.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from .image_groups import canonicalize, commute, gather_pixels, pixel_tables
 from .methods import CANONICAL, CopyScores, CopyWeights, ElementPlan, branch_scale, get_symmetrization
 
 AVERAGES = ("logits", "log_probs", "probs")
+LINKS = ("softmax", "sigmoid")  # how scores become probabilities: over the last dimension, or entry by entry
 
 
 def image_plan(symmetrization: str, orders) -> ElementPlan:
@@ -74,27 +84,34 @@ def distinct_rows(copies: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def combine(scores: torch.Tensor, inverse: torch.Tensor, plan: ElementPlan, average: str = "probs",
-            weights: CopyWeights | None = None, pooled: bool = False) -> torch.Tensor:
+            weights: CopyWeights | None = None, pooled: bool = False, link: str = "softmax") -> torch.Tensor:
     """[U, L] scores of the distinct inner rows -> [B, L] invariant scores (module docstring).
 
     Copy row k*B + b is inner row inverse[k*B + b]. `weights` are the method's input-dependent copy weights
-    (they see the copies' log-probabilities over L). With `pooled`, `scores` are features to average with the
-    plan's fixed weights only (an invariant embedding; `average` and `weights` do not apply).
+    (they see the copies' log-probabilities over L). `link` says how scores become probabilities ("softmax"
+    over L, or "sigmoid" entry by entry). With `pooled`, `scores` are features to average with the plan's
+    fixed weights only (an invariant embedding; `average`, `weights` and `link` do not apply).
     """
     if average not in AVERAGES:
         raise ValueError(f"unknown average {average!r}, choose one of {AVERAGES}")
+    if link not in LINKS:
+        raise ValueError(f"unknown link {link!r}, choose one of {LINKS}")
     branches = plan.branches.to(scores.device)
     factor = plan.copy_weights.to(scores.device)[:, None]  # [K, 1] float64
     if weights is not None and not pooled:
         chosen = weights(CopyScores(scores.float().log_softmax(-1), None, inverse, branches))  # [K, B]
         factor = factor * branch_scale(chosen.double(), branches)
-    if average == "probs" and not pooled:
-        values = scores.double().softmax(-1)  # float64: tiny probabilities survive the mean and the log
-    elif average == "log_probs" and not pooled:
-        values = scores.float().log_softmax(-1)
-    else:
-        values = scores
-    per_copy = values[inverse].unflatten(0, (plan.num_copies, -1))  # [K, B, L]
-    kept = factor != 0  # a copy left out (equizero) contributes nothing, even an infinite score
-    y = torch.where(kept[..., None], per_copy * factor[..., None].to(values.dtype), 0).sum(0)
-    return y.log().float() if average == "probs" and not pooled else y
+
+    def mean(values: torch.Tensor) -> torch.Tensor:
+        per_copy = values[inverse].unflatten(0, (plan.num_copies, -1))  # [K, B, L]
+        kept = factor != 0  # a copy left out (equizero) contributes nothing, even an infinite score
+        return torch.where(kept[..., None], per_copy * factor[..., None].to(values.dtype), 0).sum(0)
+
+    if pooled or average == "logits" or (average == "log_probs" and link == "sigmoid"):
+        return mean(scores)
+    if average == "log_probs":
+        return mean(scores.float().log_softmax(-1))
+    # "probs" in float64: tiny probabilities survive the mean and the log
+    if link == "sigmoid":
+        return (mean(scores.double().sigmoid()).log() - mean((-scores.double()).sigmoid()).log()).float()
+    return mean(scores.double().softmax(-1)).log().float()

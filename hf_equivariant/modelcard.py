@@ -15,8 +15,14 @@ from .groups import describe_form
 from .methods import SYMMETRIZATIONS, get_symmetrization
 
 TEMPLATE = Path(__file__).parent / "model_cards" / "equivariant_model.md"
+VISION_TEMPLATE = Path(__file__).parent / "model_cards" / "equivariant_vision_model.md"
 GENERATED = "<!-- Written by hf-equivariant"  # opens a card that save_pretrained may rewrite whole
 SECTION = re.compile(r"<!-- hf-equivariant:groups -->.*?<!-- /hf-equivariant:groups -->", re.DOTALL)
+
+
+def templates_shipped() -> bool:
+    """Whether the card templates are here: they ship with the library, not with code pushed as remote code."""
+    return TEMPLATE.exists() and VISION_TEMPLATE.exists()
 
 
 def _hub_id(name: str | None) -> str | None:
@@ -119,22 +125,22 @@ def save_model_card(card: ModelCard, path: str) -> None:
     card.save(path)
 
 
-VISION_TEMPLATE = Path(__file__).parent / "model_cards" / "equivariant_vision_model.md"
-
-
-def vision_model_card(config, model_class: str, tags: list[str] | None = None):
-    """A card for an image model invariant to image groups (`EquivariantVisionConfig`)."""
+def vision_model_card(config, pipeline_tag: str, auto_class: str, link: str = "softmax", tags: list[str] | None = None,
+                      repo_id: str | None = None):
+    """A card for an image model invariant to image groups (`EquivariantVisionConfig`): the base model, the
+    groups, the method with its citation and the inner passes per image. `pipeline_tag`, `auto_class` and `link`
+    (`image_symmetrize.LINKS`) are the wrapper's (its Auto class is the inner model's)."""
     from .image_groups import commute
     from .image_symmetrize import image_plan
 
     factors = config.factors
     orders = [f.order for f in factors]
     base_model = _hub_id(config.base_model)
-    clip = model_class == "EquivariantCLIPModel"
+    shown, note = _base_model_name(config.base_model)
     card_data = ModelCardData(
         library_name="transformers",
         base_model=base_model,
-        pipeline_tag="zero-shot-image-classification" if clip else "image-classification",
+        pipeline_tag=pipeline_tag,
         tags=list(dict.fromkeys(["hf-equivariant", "invariance", config.symmetrization]
                                 + [f"group:{f.name}" for f in factors] + (tags or []))),
     )
@@ -144,8 +150,9 @@ def vision_model_card(config, model_class: str, tags: list[str] | None = None):
     return ModelCard.from_template(
         card_data,
         template_path=str(VISION_TEMPLATE),
-        title=f"Invariant {base_model or config.base_model or architecture}",
-        base_model=config.base_model,
+        title=f"Invariant {shown or architecture}",
+        base_model=shown,
+        base_model_note=note,
         architecture=architecture,
         group_expression=" x ".join(f"{f.name} ({f.kind})" for f in factors),
         group_order=math.prod(orders),
@@ -160,6 +167,8 @@ def vision_model_card(config, model_class: str, tags: list[str] | None = None):
         method_copies={name: image_plan(name, orders).num_copies for name in SYMMETRIZATIONS},
         deduplicate=config.deduplicate,
         average=config.average,
+        link=link,
         method_options=config.method_options or {},
-        auto_class="AutoModelForZeroShotImageClassification" if clip else "AutoModelForImageClassification",
+        auto_class=auto_class,
+        repo_id=repo_id or base_model and f"<user>/invariant-{base_model.split('/')[-1]}" or "<user>/<repo>",
     )

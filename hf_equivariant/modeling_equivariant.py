@@ -1,6 +1,7 @@
-"""The machinery every equivariant wrapper shares: the inner model, the copy plan, loading and saving.
+"""The machinery every equivariant language model shares: the copy plan, word boundaries, generation, loading.
 
-A wrapper holds any pretrained LM as `self.model` and the copy plan of its group (see `symmetrize`)
+A wrapper (an `EquivariantBasePreTrainedModel`, see `modeling_base`) holds any pretrained LM as `self.model` and
+the copy plan of its group (see `symmetrize`)
 with the tokenizer's word boundaries (see `boundaries`) as non-persistent buffers, rebuilt from the
 config whenever the model is built or loaded. Task subclasses (causal, seq2seq) only say how ids enter
 the copies and how outputs leave.
@@ -8,10 +9,6 @@ the copies and how outputs leave.
 
 from __future__ import annotations
 
-import itertools
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -22,21 +19,11 @@ from transformers.utils import ModelOutput
 from . import boundaries
 from .configuration_equivariant import EquivariantConfig
 from .groups import resolve_groups
-from .methods import DEFAULT_SYMMETRIZATION, CopyScores, branch_scale, get_symmetrization
+from .methods import DEFAULT_SYMMETRIZATION, CopyScores, branch_scale
+from .modeling_base import HUB_KWARGS, EquivariantBasePreTrainedModel
 from .rows import CacheRows, CopyRows, expand_rows, holds_past
 from .symmetrize import CopyPlan, Pool, class_keys, frame, plan_copies, support_lookup, transform_ids
 
-HUB_KWARGS = (
-    "cache_dir",
-    "force_download",
-    "local_files_only",
-    "proxies",
-    "revision",
-    "subfolder",
-    "token",
-    "trust_remote_code",
-    "gguf_file",
-)
 PLAN_BUFFERS = ("plan_support", "plan_lookup", "plan_input_maps", "plan_weights", "plan_mixing", "plan_branches",
                 "plan_class_keys", "plan_before", "plan_after")
 FLOAT_PLAN_BUFFERS = ("plan_weights", "plan_mixing")  # float32 whatever the model's dtype
@@ -45,7 +32,7 @@ LAYER_OUTPUTS = ("hidden_states", "attentions", "decoder_hidden_states", "decode
 UNBATCHED = frozenset({"cache_position", "logits_to_keep"})  # tensors over positions, whatever their length
 # The settings EquivariantConfig adds (symmetrization, average, deduplicate, ...): from_pretrained overrides.
 # `action` has its own argument (changing it may need the tokenizer); `token_boundaries` follows from it.
-CONFIG_OPTIONS = tuple(name for name in EquivariantConfig.__annotations__
+CONFIG_OPTIONS = tuple(name for name in EquivariantConfig.wrapper_settings()
                        if name not in ("text_config", "groups", "action", "token_boundaries"))
 # Token ids generate() uses as they are (starts, stops, pads or forces with them), never as g·id.
 SPECIAL_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "forced_bos_token_id",
@@ -96,50 +83,32 @@ def batch_rows(value, index: torch.Tensor, batch_size: int):
     return value
 
 
-class EquivariantPreTrainedModel(PreTrainedModel):
-    """Base class: wraps `self.model` (built by `auto_model_class`) and holds the copy plan."""
+class EquivariantPreTrainedModel(EquivariantBasePreTrainedModel):
+    """Base class of the language models: wraps `self.model` (built by `auto_model_class`) and holds the copy plan."""
 
     config_class = EquivariantConfig
-    base_model_prefix = "model"
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
-    auto_model_class = None  # the Auto class of the inner model, set by each task subclass
+    how_to_wrap = "make_equivariant(model, groups, tokenizer)"
 
     def __init__(self, config: EquivariantConfig, model: PreTrainedModel | None = None):
-        if not config.groups:
-            raise ValueError(
-                f"the config has no groups (groups={config.groups!r}): an equivariant model needs at least one; "
-                f"build it with make_equivariant(model, groups, tokenizer) or from_pretrained(base, groups=[...])"
-            )
+        super().__init__(config, model)
+        if model is not None:  # a pretrained model generates with its own settings
+            self.generation_config = model.generation_config
+        self.cache_rows = CacheRows()  # the copy rows of the KV caches this model fills
+        self._refuse_moved_special_tokens()
+        device = self.model.get_input_embeddings().weight.device  # where input ids go (a GPU model's plan too)
+        for name, tensor in self._plan_tensors().items():
+            self.register_buffer(name, tensor.to(device), persistent=False)
+        self.post_init()
+
+    def check_config(self, config: EquivariantConfig) -> None:
+        """Groups, and the word boundaries the word action needs."""
+        super().check_config(config)
         if config.action == "word" and config.token_boundaries is None:
             raise ValueError(
                 'the config asks for action="word" but holds no word boundaries (they come from the tokenizer): '
                 f'load it with {type(self).__name__}.from_pretrained(path, action="word", tokenizer=...) (the Auto '
                 'classes do not pass the tokenizer on), or use action="token"'
             )
-        super().__init__(config)
-        self.cache_rows = CacheRows()  # the copy rows of the KV caches this model fills
-        if model is None:
-            model = self.auto_model_class.from_config(config.text_config)
-        else:
-            # A pretrained model must come out intact: keep post_init() from initialising it again.
-            for part in itertools.chain(model.modules(), model.parameters(), model.buffers()):
-                part._is_hf_initialized = True
-            self.generation_config = model.generation_config
-        config.text_config._attn_implementation = model.config._attn_implementation
-        model.config = config.text_config
-        self.model = model
-        method = get_symmetrization(config.symmetrization)
-        # the method's input-dependent copy weights (a module: its parameters, if any, are the wrapper's own)
-        self.copy_weights = method.weights(config, **(config.method_options or {})) if method.weights else None
-        self._refuse_moved_special_tokens()
-        device = model.get_input_embeddings().weight.device  # where input ids go (a GPU model's plan goes there too)
-        for name, tensor in self._plan_tensors().items():
-            self.register_buffer(name, tensor.to(device), persistent=False)
-        self.post_init()
 
     def _refuse_moved_special_tokens(self):
         """Refuse a group that moves a special token (`SPECIAL_TOKEN_IDS`: bos, eos, pad, decoder start, forced
@@ -177,14 +146,6 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         tensors = (plan.support, lookup, plan.input_maps, plan.weights, plan.mixing, plan.branches, keys, before, after)
         return dict(zip(PLAN_BUFFERS, tensors))
 
-    @classmethod
-    def is_custom_code(cls) -> bool:
-        """False: the wrapper initialises with `transformers.initialization` and ties parameters only, as the library's
-        models do. (transformers passes a custom-code flag down to the inner model on load, whose `_init_weights`
-        is then skipped for modules without parameters of their own, leaving the non-persistent buffers they fill,
-        like FalconH1's `mup_vector`, uninitialised.)"""
-        return False
-
     def _init_weights(self, module):
         # The plan buffers are not saved; from_pretrained leaves them empty and relies on this to refill them.
         # A method's own parameters (its copy weights) that the checkpoint lacks start as the method says; the
@@ -210,11 +171,6 @@ class EquivariantPreTrainedModel(PreTrainedModel):
     def plan(self) -> CopyPlan:
         return CopyPlan(self.plan_support, self.plan_input_maps, self.plan_weights, self.plan_mixing,
                         self.plan_branches)
-
-    @property
-    def method(self):
-        """The registered `methods.SymmetrizationMethod` of `config.symmetrization`."""
-        return get_symmetrization(self.config.symmetrization)
 
     @property
     def num_copies(self) -> int:
@@ -574,63 +530,3 @@ class EquivariantPreTrainedModel(PreTrainedModel):
         from .modelcard import equivariant_model_card
 
         return equivariant_model_card(self.config, tags=[*(self.model_tags or []), *(tags or [])], repo_id=repo_id)
-
-    def save_pretrained(self, save_directory, is_main_process: bool = True, push_to_hub: bool = False, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus a README.md model card describing the groups.
-
-        A README.md the user wrote in `save_directory` is kept: the groups section is merged into it.
-        """
-        from .modelcard import TEMPLATE, save_model_card
-
-        hub_options = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "create_pr", "private") if k in kwargs}
-        super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
-        if is_main_process and TEMPLATE.exists():  # the template ships with the library, not with remote code
-            save_model_card(self.model_card(), os.path.join(save_directory, "README.md"))
-        if push_to_hub and is_main_process:
-            repo_id = hub_options.pop("repo_id", os.path.basename(os.path.abspath(save_directory)))
-            self.push_to_hub(repo_id, token=kwargs.get("token"), **hub_options)
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        commit_message: str | None = None,
-        commit_description: str | None = None,
-        private: bool | None = None,
-        token: bool | str | None = None,
-        revision: str | None = None,
-        create_pr: bool = False,
-        max_shard_size: int | str | None = "50GB",
-        tags: list[str] | None = None,
-    ) -> str:
-        """Upload the model with its equivariant model card.
-
-        Same arguments as `PreTrainedModel.push_to_hub`, whose generic card would replace ours. A README.md
-        the user has on the Hub (at `revision`) is kept, with the groups section merged into it, as
-        `save_pretrained` does with a local one.
-        """
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import RemoteEntryNotFoundError, RevisionNotFoundError
-        from transformers.utils.hub import hf_api
-
-        from .modelcard import save_model_card
-
-        repo_id = hf_api().create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
-        with tempfile.TemporaryDirectory() as tmp_dir:
-            self.save_pretrained(tmp_dir, max_shard_size=max_shard_size)
-            readme = os.path.join(tmp_dir, "README.md")
-            try:  # the card on the Hub, if there is one, takes the place of the one save_pretrained wrote
-                shutil.copy(hf_hub_download(repo_id, "README.md", revision=revision, token=token), readme)
-            except (RemoteEntryNotFoundError, RevisionNotFoundError):
-                pass
-            save_model_card(self.model_card(tags, repo_id=repo_id), readme)
-            return self._upload_modified_files(
-                tmp_dir,
-                repo_id,
-                files_timestamps={},
-                commit_message=commit_message or "Upload equivariant model",
-                token=token,
-                create_pr=create_pr,
-                revision=revision,
-                commit_description=commit_description,
-            )

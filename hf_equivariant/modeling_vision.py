@@ -1,18 +1,17 @@
-"""Vision wrappers: any image classifier, and CLIP, with outputs invariant to a product of image groups.
+"""Vision wrappers: any image classifier, and CLIP or SigLIP, with outputs invariant to a product of image groups.
 
-Both hold the pretrained model as `self.model`. A forward pass makes the copies of the images that the
-symmetrisation needs (`image_symmetrize`), runs the distinct ones through the inner model as one batch and
-combines their scores:
+Each holds the pretrained model as `self.model` (see `modeling_base`). A forward pass makes the copies of the
+images that the symmetrisation needs (`image_symmetrize`), runs the distinct ones through the inner model as
+one batch and combines their scores:
 - `EquivariantModelForImageClassification`: the class logits (any `AutoModelForImageClassification`:
   ViT, ResNet, ConvNeXt, ...);
-- `EquivariantCLIPModel`: the image-text logits of a CLIP model (`logits_per_image`, zero-shot
-  classification); the text side runs once, unchanged.
+- `EquivariantCLIPModel`, `EquivariantSiglipModel`: the image-text logits of a CLIP or SigLIP model
+  (`logits_per_image`, zero-shot classification), from the inner model's own forward on the copies; the text
+  side runs once, unchanged. CLIP's scores are probabilities through a softmax over the texts, SigLIP's
+  through a sigmoid per image-text pair (with its learned bias): the averages follow (`image_symmetrize`).
 """
 
 from __future__ import annotations
-
-import itertools
-import os
 
 import torch
 from transformers import (
@@ -23,15 +22,17 @@ from transformers import (
 )
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.models.clip.modeling_clip import CLIPOutput, image_text_contrastive_loss
+from transformers.models.siglip.modeling_siglip import SiglipOutput
 
-from .configuration_vision import EquivariantVisionConfig
+from .configuration_vision import EquivariantSiglipConfig, EquivariantVisionConfig
 from .image_groups import resolve_image_groups
 from .image_symmetrize import combine, distinct_rows, image_copies, image_plan
-from .methods import DEFAULT_SYMMETRIZATION, ElementPlan, get_symmetrization
+from .methods import DEFAULT_SYMMETRIZATION, ElementPlan
+from .modeling_base import HUB_KWARGS, EquivariantBasePreTrainedModel
 
-HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token",
-              "trust_remote_code")
-CONFIG_OPTIONS = ("symmetrization", "method_options", "average", "deduplicate")
+# The settings EquivariantVisionConfig adds (symmetrization, average, deduplicate, ...): from_pretrained overrides.
+CONFIG_OPTIONS = tuple(name for name in EquivariantVisionConfig.wrapper_settings() if name not in ("inner_config",
+                                                                                                   "groups"))
 
 
 class InnerRows:
@@ -50,45 +51,35 @@ class InnerRows:
             self.rows, self.inverse = copies, torch.arange(copies.shape[0], device=copies.device)
 
 
-class EquivariantVisionPreTrainedModel(PreTrainedModel):
-    """Base class: wraps `self.model` (built by `auto_model_class`) and symmetrises its image side."""
+def sigmoid_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss of [T, I] image-text logits whose matching pairs are on the diagonal: the mean
+    over texts of -sum_i log sigmoid(+-z_ti), + for the matching image (as `SiglipModel.forward` computes it;
+    transformers has no function for it)."""
+    signs = 2 * torch.eye(logits_per_text.shape[0], device=logits_per_text.device) - 1
+    return -torch.nn.functional.logsigmoid(signs * logits_per_text).sum(-1).mean()
+
+
+class EquivariantVisionPreTrainedModel(EquivariantBasePreTrainedModel):
+    """Base class of the image models: symmetrises the image side of `self.model` over `config.factors`."""
 
     config_class = EquivariantVisionConfig
-    base_model_prefix = "model"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
-    auto_model_class = None  # the Auto class of the inner model, set by each task subclass
+    how_to_wrap = "make_equivariant(model, groups=['rot90', 'hflip'])"
+    pipeline_tag = None  # the pipeline the model card announces, set by each task subclass
+    score_link = "softmax"  # how the inner scores become probabilities (`image_symmetrize.LINKS`)
 
     def __init__(self, config: EquivariantVisionConfig, model: PreTrainedModel | None = None):
-        if not config.groups:
-            raise ValueError(
-                f"the config has no groups (groups={config.groups!r}): build the model with "
-                f"make_equivariant(model, groups=['rot90', 'hflip']) or from_pretrained(base, groups=[...])"
-            )
-        super().__init__(config)
-        if model is None:
-            model = self.auto_model_class.from_config(config.inner_config)
-        else:
-            # A pretrained model must come out intact: keep post_init() from initialising it again.
-            for part in itertools.chain(model.modules(), model.parameters(), model.buffers()):
-                part._is_hf_initialized = True
-        config.inner_config._attn_implementation = model.config._attn_implementation
-        model.config = config.inner_config
-        self.model = model
-        method = get_symmetrization(config.symmetrization)
-        # the method's input-dependent copy weights (a module: its parameters, if any, are the wrapper's own)
-        self.copy_weights = method.weights(config, **(config.method_options or {})) if method.weights else None
+        super().__init__(config, model)
+        self.post_init()
+
+    def check_method(self) -> None:
+        """The image wrappers give input-dependent weights the copies' scores, not hidden states."""
         if self.copy_weights is not None and self.copy_weights.uses_hidden_states:
             raise ValueError(
-                f"symmetrization {config.symmetrization!r} weighs copies by the inner model's hidden states, which "
-                f"the image wrappers do not provide; choose a method whose weights read the copies' scores only"
+                f"symmetrization {self.config.symmetrization!r} weighs copies by the inner model's hidden states, "
+                f"which the image wrappers do not provide; choose a method whose weights read the copies' scores only"
             )
-        self.post_init()
 
     def _init_weights(self, module):
         """Modules of the inner model missing from a checkpoint are initialised as the inner model would; the
@@ -112,18 +103,19 @@ class EquivariantVisionPreTrainedModel(PreTrainedModel):
     def symmetrised(self, rows: InnerRows, scores: torch.Tensor, pooled: bool = False) -> torch.Tensor:
         """The configured method over the inner rows' scores [U, L] -> [B, L]; `pooled`: features averaged with
         the plan's fixed weights."""
-        return combine(scores, rows.inverse, self.plan, self.config.average, self.copy_weights, pooled)
+        return combine(scores, rows.inverse, self.plan, self.config.average, self.copy_weights, pooled,
+                       self.score_link)
 
     @classmethod
     def from_base_model(cls, model: PreTrainedModel, groups, symmetrization: str = DEFAULT_SYMMETRIZATION,
                         average: str = "probs", **options):
         """Wrap an in-memory model; its weights are shared. `options` are further `EquivariantVisionConfig`
         settings (`method_options`, `deduplicate`)."""
-        if isinstance(model, EquivariantVisionPreTrainedModel):
+        if isinstance(model, EquivariantBasePreTrainedModel):
             raise ValueError("the model is already invariant; wrap its inner model (`.model`) instead")
         if not isinstance(model, PreTrainedModel):
             raise TypeError(f"expected a transformers PreTrainedModel, got {type(model).__name__}")
-        config = EquivariantVisionConfig(
+        config = cls.config_class(
             inner_config=model.config,
             groups=[f.to_dict() for f in resolve_image_groups(groups)],
             symmetrization=symmetrization,
@@ -136,19 +128,19 @@ class EquivariantVisionPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, groups=None, **kwargs):
         """Load a saved invariant model, or a plain checkpoint made invariant with `groups=[...]`.
 
-        `symmetrization`, `method_options`, `average` and `deduplicate` given as keywords override the saved
-        choice; the remaining keywords go to the inner model's loading, as in transformers.
+        `symmetrization`, `method_options`, `average`, `deduplicate` and `base_model` given as keywords override
+        the saved choice; the remaining keywords go to the inner model's loading, as in transformers.
         """
         hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         config = kwargs.pop("config", None) or AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         options = {k: kwargs.pop(k) for k in CONFIG_OPTIONS if k in kwargs}
-        if config.model_type == EquivariantVisionConfig.model_type:
+        if isinstance(config, EquivariantVisionConfig):
             if groups is not None:
                 raise ValueError(
                     f"{pretrained_model_name_or_path} is already invariant (groups "
                     f"{[f.name for f in config.factors]}); load it without groups=, or load its base model"
                 )
-            config = EquivariantVisionConfig(**{**config.to_dict(), **options}) if options else config
+            config = type(config)(**{**config.to_dict(), **options}) if options else config
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
         if groups is None:
             raise ValueError(
@@ -158,25 +150,19 @@ class EquivariantVisionPreTrainedModel(PreTrainedModel):
         model = cls.auto_model_class.from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         return cls.from_base_model(model, groups, **options)
 
-    def model_card(self, tags: list[str] | None = None):
-        """The model card (`huggingface_hub.ModelCard`): base model, groups, method and its cost."""
+    def model_card(self, tags: list[str] | None = None, repo_id: str | None = None):
+        """The model card (`huggingface_hub.ModelCard`): base model, image groups, method, passes per image."""
         from .modelcard import vision_model_card
 
-        return vision_model_card(self.config, type(self).__name__, tags=[*(self.model_tags or []), *(tags or [])])
-
-    def save_pretrained(self, save_directory, is_main_process: bool = True, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus a README.md model card (merged into one the user wrote)."""
-        from .modelcard import save_model_card
-
-        super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
-        if is_main_process:
-            save_model_card(self.model_card(), os.path.join(save_directory, "README.md"))
+        return vision_model_card(self.config, self.pipeline_tag, self.auto_model_class.__name__, self.score_link,
+                                 tags=[*(self.model_tags or []), *(tags or [])], repo_id=repo_id)
 
 
 class EquivariantModelForImageClassification(EquivariantVisionPreTrainedModel):
     """An image classifier whose logits are invariant to the groups: logits(g . x) = logits(x) for every g."""
 
     auto_model_class = AutoModelForImageClassification
+    pipeline_tag = "image-classification"
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ImageClassifierOutput:
         """Symmetrised logits ([B, num_labels]; with average="probs" their softmax is the averaged distribution)
@@ -194,42 +180,72 @@ class EquivariantCLIPModel(EquivariantVisionPreTrainedModel):
     auto_model_class = AutoModelForZeroShotImageClassification
     main_input_name = "input_ids"
     input_modalities = ("image", "text")
+    pipeline_tag = "zero-shot-image-classification"
+    inner_model_type, family_name = "clip", "CLIP"  # the model type of the inner models it wraps, and their name
+    output_class = CLIPOutput
+    contrastive_loss = staticmethod(image_text_contrastive_loss)  # of [T, I] logits_per_text
 
-    def __init__(self, config: EquivariantVisionConfig, model: PreTrainedModel | None = None):
-        if config.inner_config.model_type != "clip":
-            raise ValueError(
-                f"EquivariantCLIPModel wraps CLIP models, got a {config.inner_config.model_type} model: its image-text "
-                f"scores (SigLIP: sigmoid with a bias) and loss are not handled here"
-            )
-        super().__init__(config, model)
+    def check_config(self, config: EquivariantVisionConfig) -> None:
+        """Groups, and an inner model of `inner_model_type`."""
+        super().check_config(config)
+        found = config.inner_config.model_type
+        if found != self.inner_model_type:
+            wrapper = IMAGE_TEXT_WRAPPERS.get(found)
+            if wrapper is not None:
+                hint = f"wrap it with {wrapper.__name__}, or with make_equivariant"
+            elif found == "siglip2":
+                hint = ("SigLIP 2 takes images as sequences of patches of varying number (pixel_values [B, patches, "
+                        "C*P*P] with pixel_attention_mask and spatial_shapes), on which the image groups, acting on "
+                        "[B, C, H, W] pixels, are not defined")
+            else:
+                hint = f"image-text models supported: {', '.join(IMAGE_TEXT_WRAPPERS)}"
+            raise ValueError(f"{type(self).__name__} wraps {self.family_name} models, got a {found} model: {hint}")
 
     def get_text_features(self, input_ids, attention_mask=None, position_ids=None) -> BaseModelOutputWithPooling:
         return self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask,
                                             position_ids=position_ids)
 
     def get_image_features(self, pixel_values: torch.Tensor) -> BaseModelOutputWithPooling:
-        """pooler_output: the projected image features averaged over the copies with the plan's fixed weights
+        """pooler_output: the inner model's image features averaged over the copies with the plan's fixed weights
         (input-dependent weights such as equizero's need texts to score the copies), an invariant embedding."""
         rows = self.inner_rows(pixel_values)
         features = self.model.get_image_features(pixel_values=rows.rows).pooler_output
         return BaseModelOutputWithPooling(pooler_output=self.symmetrised(rows, features, pooled=True))
 
     def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None,
-                return_loss: bool | None = None) -> CLIPOutput:
-        """As `CLIPModel.forward`; logits_per_image ([B images, T texts]) are the symmetrised image-text logits
-        (with average="probs" the log of the copies' mean softmax over the texts)."""
-        text = self.get_text_features(input_ids, attention_mask, position_ids).pooler_output
-        text_embeds = text / text.norm(p=2, dim=-1, keepdim=True)
+                return_loss: bool | None = None):
+        """As the inner model's forward; logits_per_image ([B images, T texts]) are the symmetrised image-text
+        logits of the inner model's forward on the copies (for CLIP with average="probs": the log of the
+        copies' mean softmax over the texts; for SigLIP: the logit of the copies' mean sigmoid probability).
+        image_embeds: the copies' normalised embeddings averaged with the plan's fixed weights, normalised.
+        The loss (`return_loss`) is the inner model's kind (CLIP's contrastive, SigLIP's sigmoid) of the
+        symmetrised logits."""
         rows = self.inner_rows(pixel_values)
-        features = self.model.get_image_features(pixel_values=rows.rows).pooler_output
-        scores = self.model.logit_scale.exp() * (features / features.norm(p=2, dim=-1, keepdim=True)) @ text_embeds.t()
-        logits_per_image = self.symmetrised(rows, scores)
-        image = self.symmetrised(rows, features, pooled=True)
+        inner = self.model(input_ids=input_ids, pixel_values=rows.rows, attention_mask=attention_mask,
+                           position_ids=position_ids)
+        logits_per_image = self.symmetrised(rows, inner.logits_per_image)
+        image = self.symmetrised(rows, inner.image_embeds, pooled=True)
         logits_per_text = logits_per_image.t()
-        return CLIPOutput(
-            loss=image_text_contrastive_loss(logits_per_text) if return_loss else None,
+        return self.output_class(
+            loss=self.contrastive_loss(logits_per_text) if return_loss else None,
             logits_per_image=logits_per_image,
             logits_per_text=logits_per_text,
-            text_embeds=text_embeds,
+            text_embeds=inner.text_embeds,
             image_embeds=image / image.norm(p=2, dim=-1, keepdim=True),
         )
+
+
+class EquivariantSiglipModel(EquivariantCLIPModel):
+    """A SigLIP model whose image side is invariant (as `EquivariantCLIPModel`). SigLIP scores each image-text pair
+    on its own, sigmoid(z) with z = exp(scale) cos + bias: with average="probs", sigmoid(logits_per_image) is the
+    mean of the copies' probabilities. SigLIP 2 is not supported (its images are patch sequences)."""
+
+    config_class = EquivariantSiglipConfig
+    inner_model_type, family_name = "siglip", "SigLIP"
+    score_link = "sigmoid"
+    output_class = SiglipOutput
+    contrastive_loss = staticmethod(sigmoid_loss)
+
+
+# The image-text wrappers by the model type of the model they wrap (`make_equivariant` picks from it).
+IMAGE_TEXT_WRAPPERS = {cls.inner_model_type: cls for cls in (EquivariantCLIPModel, EquivariantSiglipModel)}

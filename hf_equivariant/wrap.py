@@ -12,11 +12,16 @@ from transformers import (
 )
 
 from .configuration_equivariant import EquivariantConfig
-from .configuration_vision import EquivariantVisionConfig
+from .configuration_vision import EquivariantSiglipConfig, EquivariantVisionConfig
 from .methods import DEFAULT_SYMMETRIZATION
 from .modeling_causal import EquivariantModelForCausalLM
 from .modeling_seq2seq import EquivariantModelForSeq2SeqLM
-from .modeling_vision import EquivariantCLIPModel, EquivariantModelForImageClassification
+from .modeling_vision import (
+    IMAGE_TEXT_WRAPPERS,
+    EquivariantCLIPModel,
+    EquivariantModelForImageClassification,
+    EquivariantSiglipModel,
+)
 
 
 def make_equivariant(
@@ -30,7 +35,7 @@ def make_equivariant(
 ):
     """Wrap an in-memory model so that it is exactly equivariant to the product of `groups`.
 
-    A causal or seq2seq LM takes word-swap groups; an image classifier or a CLIP model takes image groups
+    A causal or seq2seq LM takes word-swap groups; an image classifier, a CLIP or a SigLIP model takes image groups
     (`ImageGroup`s or kind names such as "rot90", "hflip"), and its image side becomes invariant; its
     `average` defaults to "probs" (the language models' to "log_probs").
 
@@ -43,7 +48,8 @@ def make_equivariant(
     """
     model = inner_transformers_model(model)
     if hasattr(model, "get_image_features") and hasattr(model, "get_text_features"):
-        return EquivariantCLIPModel.from_base_model(model, groups, symmetrization, average or "probs", **options)
+        wrapper = IMAGE_TEXT_WRAPPERS.get(model.config.model_type, EquivariantCLIPModel)  # which refuses others
+        return wrapper.from_base_model(model, groups, symmetrization, average or "probs", **options)
     if getattr(model, "main_input_name", None) == "pixel_values":
         return EquivariantModelForImageClassification.from_base_model(model, groups, symmetrization, average or "probs",
                                                                       **options)
@@ -75,8 +81,10 @@ def register_auto_classes() -> None:
     classification) load saved equivariant models."""
     AutoConfig.register(EquivariantConfig.model_type, EquivariantConfig, exist_ok=True)
     AutoConfig.register(EquivariantVisionConfig.model_type, EquivariantVisionConfig, exist_ok=True)
+    AutoConfig.register(EquivariantSiglipConfig.model_type, EquivariantSiglipConfig, exist_ok=True)
     AutoModelForImageClassification.register(EquivariantVisionConfig, EquivariantModelForImageClassification,
                                              exist_ok=True)
     AutoModelForZeroShotImageClassification.register(EquivariantVisionConfig, EquivariantCLIPModel, exist_ok=True)
+    AutoModelForZeroShotImageClassification.register(EquivariantSiglipConfig, EquivariantSiglipModel, exist_ok=True)
     AutoModelForCausalLM.register(EquivariantConfig, EquivariantModelForCausalLM, exist_ok=True)
     AutoModelForSeq2SeqLM.register(EquivariantConfig, EquivariantModelForSeq2SeqLM, exist_ok=True)

@@ -7,12 +7,17 @@ the library's tables, so that equivariance is checked against an independent def
 import functools
 import itertools
 import os
+import shutil
 import unicodedata
+from types import SimpleNamespace
+from unittest import mock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach the network
 
 import pytest
 import torch
+from huggingface_hub import HfApi
+from huggingface_hub.errors import RemoteEntryNotFoundError
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     BambaConfig,
@@ -568,3 +573,30 @@ def assert_no_glued_words(oracle, sequences, prompt_length):
         for t in range(prompt_length - 1, len(row) - 1):
             if row[t] in oracle.orbit_of and begins[t]:
                 assert not oracle.continues_word[row[t + 1]], oracle.tokenizer.decode(row[: t + 2])
+
+
+@pytest.fixture
+def mocked_hub(tmp_path):
+    """HfApi.create_repo / create_commit and hf_hub_download replaced by a local folder (HF_HUB_OFFLINE=1 blocks
+    the rest)."""
+    remote = tmp_path / "remote"
+    remote.mkdir()
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        for op in operations:
+            target = remote / op.path_in_repo
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(op.path_or_fileobj, target)
+        return SimpleNamespace(commit_url="https://hub.local/c/1", oid="0" * 40, pr_url=None)
+
+    def download(repo_id, filename, **kwargs):
+        if not (remote / filename).exists():
+            raise RemoteEntryNotFoundError(f"404: {filename} is not in {repo_id}",
+                                           response=SimpleNamespace(headers={}, request=None))
+        return str(remote / filename)
+
+    with mock.patch.object(HfApi, "create_repo", autospec=True,
+                           side_effect=lambda self, repo_id, **kw: SimpleNamespace(repo_id=repo_id)), \
+         mock.patch.object(HfApi, "create_commit", autospec=True, side_effect=create_commit), \
+         mock.patch("huggingface_hub.hf_hub_download", side_effect=download):
+        yield remote

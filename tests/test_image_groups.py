@@ -262,6 +262,10 @@ def test_combine_refuses_an_unknown_average():
     plan = full_product_plan([2])
     with pytest.raises(ValueError, match="unknown average 'mean'"):
         combine(torch.zeros(2, 3), torch.arange(2), plan, "mean")
+    with pytest.raises(ValueError, match=r"unknown link 'tanh', choose one of \('softmax', 'sigmoid'\)"):
+        combine(torch.zeros(2, 3), torch.arange(2), plan, "probs", link="tanh")
+
+
 def test_word_swap_groups_follow_the_same_protocol(tokenizer):
     race = WordSwapGroup("race", RACE_CLASSES).resolve(tokenizer)
     assert isinstance(race, SymmetryGroup)

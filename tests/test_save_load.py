@@ -3,12 +3,9 @@
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
-from unittest import mock
 
 import pytest
 import torch
@@ -23,8 +20,6 @@ from conftest import (
     all_elements,
     tiny_gpt2,
 )
-from huggingface_hub import HfApi
-from huggingface_hub.errors import RemoteEntryNotFoundError
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from hf_equivariant import (
@@ -244,33 +239,6 @@ print("remote code ok")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             env={**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")})
     assert "remote code ok" in result.stdout, result.stderr[-3000:]
-
-
-@pytest.fixture
-def mocked_hub(tmp_path):
-    """HfApi.create_repo / create_commit and hf_hub_download replaced by a local folder (HF_HUB_OFFLINE=1 blocks
-    the rest)."""
-    remote = tmp_path / "remote"
-    remote.mkdir()
-
-    def create_commit(self, repo_id, operations, **kwargs):
-        for op in operations:
-            target = remote / op.path_in_repo
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(op.path_or_fileobj, target)
-        return SimpleNamespace(commit_url="https://hub.local/c/1", oid="0" * 40, pr_url=None)
-
-    def download(repo_id, filename, **kwargs):
-        if not (remote / filename).exists():
-            raise RemoteEntryNotFoundError(f"404: {filename} is not in {repo_id}",
-                                           response=SimpleNamespace(headers={}, request=None))
-        return str(remote / filename)
-
-    with mock.patch.object(HfApi, "create_repo", autospec=True,
-                           side_effect=lambda self, repo_id, **kw: SimpleNamespace(repo_id=repo_id)), \
-         mock.patch.object(HfApi, "create_commit", autospec=True, side_effect=create_commit), \
-         mock.patch("huggingface_hub.hf_hub_download", side_effect=download):
-        yield remote
 
 
 def test_push_to_hub_uploads_the_model_and_its_card(model, batch, mocked_hub):
