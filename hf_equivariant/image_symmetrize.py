@@ -34,10 +34,25 @@ from __future__ import annotations
 import torch
 
 from .image_groups import canonicalize, commute, gather_pixels, pixel_tables
-from .methods import CANONICAL, CopyScores, CopyWeights, ElementPlan, branch_scale, get_symmetrization
+from .methods import (
+    CANONICAL,
+    SYMMETRIZATIONS,
+    CopyScores,
+    CopyWeights,
+    ElementPlan,
+    branch_scale,
+    get_symmetrization,
+)
 
 AVERAGES = ("logits", "log_probs", "probs")
 LINKS = ("softmax", "sigmoid")  # how scores become probabilities: over the last dimension, or entry by entry
+
+
+def image_methods() -> list[str]:
+    """The registered methods the image wrappers run: all but those whose copy weights read the inner model's
+    hidden states (the image wrappers weigh copies by their scores only)."""
+    return [name for name, method in SYMMETRIZATIONS.items()
+            if method.weights is None or not method.weights.uses_hidden_states]
 
 
 def image_plan(symmetrization: str, orders) -> ElementPlan:

@@ -131,7 +131,7 @@ def vision_model_card(config, pipeline_tag: str, auto_class: str, link: str = "s
     groups, the method with its citation and the inner passes per image. `pipeline_tag`, `auto_class` and `link`
     (`image_symmetrize.LINKS`) are the wrapper's (its Auto class is the inner model's)."""
     from .image_groups import commute
-    from .image_symmetrize import image_plan
+    from .image_symmetrize import image_methods, image_plan
 
     factors = config.factors
     orders = [f.order for f in factors]
@@ -164,7 +164,7 @@ def vision_model_card(config, pipeline_tag: str, auto_class: str, link: str = "s
         canonicalises=bool((plan.inputs < 0).any()),
         canonical_only=bool((plan.inputs < 0).all()),
         num_copies=plan.num_copies,
-        method_copies={name: image_plan(name, orders).num_copies for name in SYMMETRIZATIONS},
+        method_copies={name: image_plan(name, orders).num_copies for name in image_methods()},
         deduplicate=config.deduplicate,
         average=config.average,
         link=link,

@@ -26,7 +26,7 @@ from transformers.models.siglip.modeling_siglip import SiglipOutput
 
 from .configuration_vision import EquivariantSiglipConfig, EquivariantVisionConfig
 from .image_groups import resolve_image_groups
-from .image_symmetrize import combine, distinct_rows, image_copies, image_plan
+from .image_symmetrize import combine, distinct_rows, image_copies, image_methods, image_plan
 from .methods import DEFAULT_SYMMETRIZATION, ElementPlan
 from .modeling_base import HUB_KWARGS, EquivariantBasePreTrainedModel
 
@@ -78,7 +78,7 @@ class EquivariantVisionPreTrainedModel(EquivariantBasePreTrainedModel):
         if self.copy_weights is not None and self.copy_weights.uses_hidden_states:
             raise ValueError(
                 f"symmetrization {self.config.symmetrization!r} weighs copies by the inner model's hidden states, "
-                f"which the image wrappers do not provide; choose a method whose weights read the copies' scores only"
+                f"which the image wrappers do not provide; choose one of {image_methods()}"
             )
 
     def _init_weights(self, module):

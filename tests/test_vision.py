@@ -183,6 +183,7 @@ def test_save_load_auto_classes_and_card(tmp_path):
         torch.testing.assert_close(loaded(x).logits, y, atol=0, rtol=0)
     card = (tmp_path / "eq" / "README.md").read_text()
     assert "pipeline_tag: image-classification" in card and f"**{method}**" in card and "**6**" in card
+    assert "equitune" in card and "lambda_equitune" not in card  # the card compares only methods images can run
     other = EquivariantModelForImageClassification.from_pretrained(tmp_path / "eq", symmetrization="equitune")
     assert other.config.symmetrization == "equitune" and other.num_copies == 8
     # a plain checkpoint made invariant on load
@@ -482,8 +483,9 @@ def test_methods_reading_hidden_states_are_refused_for_images():
 
     register_symmetrization(SymmetrizationMethod("test_hidden", full_product_plan, "-", "test", HiddenStateWeights))
     try:
-        with pytest.raises(ValueError, match="'test_hidden' weighs copies by the inner model's hidden states"):
+        with pytest.raises(ValueError, match="'test_hidden' weighs copies by the inner model's hidden states") as error:
             make_equivariant(tiny_vit(), ["hflip"], symmetrization="test_hidden")
+        assert "'equizero'" in str(error.value) and "lambda" not in str(error.value)
     finally:
         del SYMMETRIZATIONS["test_hidden"]
 
