@@ -86,7 +86,7 @@ def combine(scores: torch.Tensor, inverse: torch.Tensor, plan: ElementPlan, aver
     branches = plan.branches.to(scores.device)
     factor = plan.copy_weights.to(scores.device)[:, None]  # [K, 1] float64
     if weights is not None and not pooled:
-        chosen = weights(CopyScores(scores.float().log_softmax(-1), None, inverse, branches))  # [K, B]
+        chosen = weights(CopyScores(scores, None, inverse, branches))  # [K, B]
         factor = factor * branch_scale(chosen.double(), branches)
     if average == "probs" and not pooled:
         values = scores.double().softmax(-1)  # float64: tiny probabilities survive the mean and the log

@@ -13,6 +13,22 @@ hidden state, so acting on x permutes them with the copies: both methods are exa
 lambda = 1 exactly, so that at initialisation (w = 0, b = 0) the methods are equitune and multi_equitune
 bit for bit.
 
+**Branch weights** (`method_options={"branch_weights": "lambda"}`; default "fixed", the form above). The mean
+over factors above keeps a fixed 1/N, so lambda cannot discount a branch whose canonicalised factors hurt the
+input at hand. With "lambda" the branches are weighed by their mean lambda:
+
+    y = sum_i beta_i Sym_{-i}( sum_{g in Gi} lambda_g g^-1 . M(g.c_{-i}(x)) / sum_g lambda_g ),
+    beta_i = Lambda_i / sum_j Lambda_j,   Lambda_i = 1/|Gi| sum_{g in Gi} lambda(g.c_{-i}(x))      (per position)
+
+(`methods.weighted_branch_scale`; for one factor, and for lambda_equitune's single branch, it is the form above).
+- Exact: c_{-i}(h.x) = h_i.c_{-i}(x) for h in the product (canonicalising forgets the other factors, and the
+  factors commute on disjoint tokens), so branch i's copies of h.x, {g h_i.c_{-i}(x) : g in Gi}, are those of x
+  permuted. Hence Lambda_i(h.x) = Lambda_i(x): each beta_i is invariant. Each branch term is equivariant (the
+  argument for the per-branch form: its weights move with its copies and Sym_{-i} symmetrises over the rest),
+  and a combination of equivariant terms with invariant coefficients is equivariant.
+- At a zero head it is multi_equitune **bit for bit**: lambda = 1.0 exactly, so Lambda_i = |Gi| / |Gi| = 1.0,
+  sum_j Lambda_j = N and every factor on the plan's weights is N * 1.0 / N = 1.0 exactly, as for the fixed form.
+
 The head (`LambdaWeights`, the wrapper's `copy_weights`) is the wrapper's own parameters: `save_pretrained`
 saves it with the inner model and `from_pretrained` loads it back; `Trainer` trains it alone (inner model
 frozen), with the inner model, or beside LoRA adapters (peft's `modules_to_save=["copy_weights"]`).
@@ -31,22 +47,31 @@ from .methods import (
     CopyScores,
     CopyWeights,
     SymmetrizationMethod,
+    branch_scale,
     full_product_plan,
     per_factor_plan,
     register_symmetrization,
+    weighted_branch_scale,
 )
 
 LAMBDA_PAPER = 'Basu et al., "Efficient Equivariant Transfer Learning from Pretrained Models", NeurIPS 2023'
 
 
+BRANCH_WEIGHTS = {"fixed": branch_scale, "lambda": weighted_branch_scale}
+
+
 class LambdaWeights(CopyWeights):
     """lambda(g.x)[t] = softplus(w . h_t(g.x) + b) / log 2, one weight per copy, row and position (see the module
-    docstring); `head` is the linear map (w, b), zero-initialised."""
+    docstring); `head` is the linear map (w, b), zero-initialised. `branch_weights`: "fixed" (each branch keeps
+    the plan's share) or "lambda" (branches weighed by their mean lambda)."""
 
     uses_hidden_states = True
 
-    def __init__(self, config):
+    def __init__(self, config, branch_weights: str = "fixed"):
         super().__init__()
+        if branch_weights not in BRANCH_WEIGHTS:
+            raise ValueError(f"unknown branch_weights {branch_weights!r}, choose one of {tuple(BRANCH_WEIGHTS)}")
+        self.branch_weights = branch_weights
         hidden_size = config.text_config.get_text_config(decoder=True).hidden_size
         self.head = nn.Linear(hidden_size, 1)
         self.reset_parameters()
@@ -65,6 +90,9 @@ class LambdaWeights(CopyWeights):
         lambdas = nn.functional.softplus(linear.float()) / math.log(2)
         return scores.per_copy(lambdas)
 
+    def scale(self, scores: CopyScores) -> torch.Tensor:
+        return BRANCH_WEIGHTS[self.branch_weights](self(scores), scores.branches)
+
 
 register_symmetrization(SymmetrizationMethod(
     "lambda_equitune", full_product_plan, LAMBDA_PAPER,
@@ -75,5 +103,6 @@ register_symmetrization(SymmetrizationMethod(
     "multi_lambda_equitune", per_factor_plan, f"{MULTI_GROUP_PAPER}; {LAMBDA_PAPER}",
     "per factor, the lambda-weighted average over its elements with the other factors canonicalised "
     "(lambda = softplus of a learned linear map of each copy's last hidden state, per position), symmetrised "
-    "over the other factors; then the mean over factors",
+    "over the other factors; then the mean over factors (with method_options branch_weights=\"lambda\", the "
+    "factors weighed by their branches' mean lambda)",
     weights=LambdaWeights, trainable=True))
