@@ -322,3 +322,17 @@ def test_deduplication_cache_and_generation(tokenizer, tmp_path, method):
         moved = model.generate(input_ids=p[batch["input_ids"]], attention_mask=batch["attention_mask"],
                                max_new_tokens=6, do_sample=False)
         assert torch.equal(moved, p[out]), g
+
+
+def test_lambda_weights_do_not_build_log_probabilities(tokenizer):
+    """CopyScores.log_probs (a log-softmax over the vocabulary of every distinct row) is built only for weights
+    that read it: equizero's do, lambda's do not."""
+    seen = {}
+    for method in ("multi_lambda_equitune", "multi_equizero"):
+        model = make_equivariant(tiny_gpt2(len(tokenizer)), WORD_GROUPS, tokenizer, symmetrization=method).eval()
+        weights = model.copy_weights
+        original = weights.scale
+        weights.scale = lambda scores, original=original: (seen.__setitem__(method, scores), original(scores))[1]
+        logits(model, **tokenizer(PROMPTS, return_tensors="pt", padding=True))
+    assert "log_probs" not in vars(seen["multi_lambda_equitune"])
+    assert "log_probs" in vars(seen["multi_equizero"])  # control: equizero's proxy loss reads them
