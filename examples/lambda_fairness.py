@@ -24,6 +24,7 @@ Prints a markdown report, and writes it to --out if given.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import tempfile
 import time
@@ -150,6 +151,9 @@ def main() -> None:
     parser.add_argument("--greedy-tokens", type=int, default=10, help="tokens per greedy continuation")
     parser.add_argument("--gap-contexts", type=int, default=4, help="fairness contexts for the gaps (0: no gaps)")
     parser.add_argument("--gap-samples", type=int, default=3, help="samples per gap prompt")
+    parser.add_argument("--forms", default="fixed,lambda", help="multi_lambda_equitune forms (branch_weights) to train")
+    parser.add_argument("--no-baselines", action="store_true", help="skip base, equitune and multi_equitune (the same "
+                        "figures as a run with them: data, seed and evaluation do not depend on the forms trained)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="also write the report to this markdown file")
     args = parser.parse_args()
@@ -163,9 +167,10 @@ def main() -> None:
         warnings.simplefilter("ignore")  # the presets' notes on skipped word forms
         models = {name: make_equivariant(base, groups, tokenizer, name).eval()
                   for name in ("equitune", "multi_equitune")}
+        forms = {name: form for name, form in LAMBDA_FORMS.items() if form in args.forms.split(",")}
         models.update({name: make_equivariant(base, groups, tokenizer, "multi_lambda_equitune",
                                               method_options={"branch_weights": form}).eval()
-                       for name, form in LAMBDA_FORMS.items()})
+                       for name, form in forms.items()})
     seconds = {"load": time.perf_counter() - start}
     held_out = held_out_texts()
 
@@ -178,7 +183,9 @@ def main() -> None:
     ids = tokenizer(held_out[:4], return_tensors="pt", padding=True)
     with torch.no_grad():
         uniform = models["multi_equitune"](**ids).logits
-    for name in LAMBDA_FORMS:
+    print(f"training texts: {len(texts)}, sha1 {hashlib.sha1(chr(0).join(texts).encode()).hexdigest()[:12]}",
+          flush=True)
+    for name in forms:
         lam = models[name]
         with torch.no_grad():
             at_init[name] = torch.equal(lam(**ids).logits, uniform)
@@ -188,7 +195,9 @@ def main() -> None:
         seconds[name] = time.perf_counter() - start
 
     rows = []
-    for name, model in [("base", base), *models.items()]:
+    evaluated = [(name, model) for name, model in [("base", base), *models.items()]
+                 if name in forms or not args.no_baselines]
+    for name, model in evaluated:
         start = time.perf_counter()
         value = perplexity(model, tokenizer, held_out)
         perplexity_seconds = time.perf_counter() - start
@@ -200,12 +209,13 @@ def main() -> None:
     ppl = {row[0]: row[3] for row in rows}
 
     trained = "; ".join(f"{name} ({LAMBDA_FORMS[name]}) {seconds[name]:.0f} s, mean training loss {losses[name]:.3f}, "
-                        f"== multi_equitune at init bit for bit: {at_init[name]}" for name in LAMBDA_FORMS)
+                        f"== multi_equitune at init bit for bit: {at_init[name]}" for name in forms)
     lines = [
         f"groups {args.groups}; {len(prompts)} training prompts x 1 base sample of up to {args.sample_tokens} tokens "
         f"(sampled in {seconds['sample']:.0f} s); lambda heads trained {args.steps} steps of {args.batch_size} "
         f"(AdamW, lr {args.learning_rate}, inner model frozen): {trained}; {len(held_out)} held-out sentences; "
-        f"model load {seconds['load']:.0f} s; one thread.",
+        f"model load {seconds['load']:.0f} s; one thread; training texts sha1 "
+        f"{hashlib.sha1(chr(0).join(texts).encode()).hexdigest()[:12]}.",
         "",
         "| model | passes per token (copies) | distinct inner rows per sentence | held-out perplexity | x base "
         "| perplexity s | consistency | consistency s |",
@@ -213,10 +223,11 @@ def main() -> None:
     ]
     for name, copies, distinct, value, ppl_s, agree, agree_s in rows:
         name = f"{name}, trained" if name in LAMBDA_FORMS else name
-        lines.append(f"| {name} | {copies} | {distinct:.2f} | {value:.2f} | {value / ppl['base']:.3f} | {ppl_s:.0f} "
+        x_base = f"{value / ppl['base']:.3f}" if "base" in ppl else "(see baselines)"
+        lines.append(f"| {name} | {copies} | {distinct:.2f} | {value:.2f} | {x_base} | {ppl_s:.0f} "
                      f"| {100 * agree:.1f}% | {agree_s:.0f} |")
     lines.append("")
-    for name in LAMBDA_FORMS:
+    for name in forms if "equitune" in ppl else ():
         lines.append(f"{name} at {models[name].num_copies} passes vs equitune at {models['equitune'].num_copies}: "
                      f"perplexity {ppl[name]:.2f} vs {ppl['equitune']:.2f} -> goal (<= equitune's) "
                      f"{'reached' if ppl[name] <= ppl['equitune'] else 'not reached'}; vs multi_equitune "
@@ -232,7 +243,7 @@ def main() -> None:
                   "this sample count)", "",
                   "| model | samples | " + " | ".join(f"{n} gap (noise)" for n in names) + " | consistency | s |",
                   "| --- | ---: | " + " | ".join("---" for _ in names) + " | ---: | ---: |"]
-        for name, model in [("base", base), *((name, models[name]) for name in LAMBDA_FORMS)]:
+        for name, model in [(name, model) for name, model in evaluated if name == "base" or name in forms]:
             start = time.perf_counter()
             _, summary = evaluate_fairness(model, tokenizer, axes, templates, samples_per_prompt=args.gap_samples,
                                            seed=args.seed)
