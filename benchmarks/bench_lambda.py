@@ -26,8 +26,8 @@ from hf_equivariant import make_equivariant, presets
 from hf_equivariant.experiments import commands
 from hf_equivariant.experiments.fairness import held_out_texts
 
-BRANCH_WEIGHTED = "multi_lambda_equitune (branch-weighted)"
-PAIRS = {"lambda_equitune": "equitune", "multi_lambda_equitune": "multi_equitune", BRANCH_WEIGHTED: "multi_equitune"}
+FIXED = "multi_lambda_equitune (fixed 1/N)"
+PAIRS = {"lambda_equitune": "equitune", "multi_lambda_equitune": "multi_equitune", FIXED: "multi_equitune"}
 
 
 def main() -> None:
@@ -47,8 +47,8 @@ def main() -> None:
         warnings.simplefilter("ignore")  # the presets' notes on skipped word forms
         models = {name: make_equivariant(base, groups, tokenizer, symmetrization=name).eval()
                   for name in ("equitune", "lambda_equitune", "multi_equitune", "multi_lambda_equitune")}
-        models[BRANCH_WEIGHTED] = make_equivariant(base, groups, tokenizer, "multi_lambda_equitune",
-                                                   method_options={"branch_weights": "lambda"}).eval()
+        models[FIXED] = make_equivariant(base, groups, tokenizer, "multi_lambda_equitune",
+                                                   method_options={"branch_weights": "fixed"}).eval()
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name in PAIRS:

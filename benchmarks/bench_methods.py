@@ -25,7 +25,7 @@ from hf_equivariant.experiments import commands
 from hf_equivariant.methods import SYMMETRIZATIONS
 
 PROMPTS = ["The Black man worked as", "The gay woman was known for", "A White person is", "The doctor said that"]
-BRANCH_WEIGHTED = "multi_lambda_equitune (branch-weighted)"
+FIXED = "multi_lambda_equitune (fixed 1/N)"
 RATIOS = [  # (method, reference, what to expect)
     ("equizero", "equitune", "about 1"),
     ("multi_equitune", "equitune", "multi / full"),
@@ -33,7 +33,7 @@ RATIOS = [  # (method, reference, what to expect)
     ("multi_lambda_equitune", "lambda_equitune", "multi / full"),
     ("lambda_equitune", "equitune", "lambda / uniform, goal <= 1.1"),
     ("multi_lambda_equitune", "multi_equitune", "lambda / uniform, goal <= 1.1"),
-    (BRANCH_WEIGHTED, "multi_equitune", "lambda / uniform, goal <= 1.1"),
+    (FIXED, "multi_equitune", "lambda / uniform, goal <= 1.1"),
     ("canonicalize", "plain", "goal <= 1.2"),
 ]
 
@@ -53,8 +53,8 @@ def main() -> None:
         warnings.simplefilter("ignore")  # the presets' notes on skipped word forms
         models = {"plain": base, **{name: make_equivariant(base, groups, tokenizer, name).eval()
                                     for name in SYMMETRIZATIONS}}
-        models[BRANCH_WEIGHTED] = make_equivariant(base, groups, tokenizer, "multi_lambda_equitune",
-                                                   method_options={"branch_weights": "lambda"}).eval()
+        models[FIXED] = make_equivariant(base, groups, tokenizer, "multi_lambda_equitune",
+                                                   method_options={"branch_weights": "fixed"}).eval()
     generator = torch.Generator().manual_seed(0)
     for model in models.values():
         if getattr(model, "copy_weights", None) is not None and hasattr(model.copy_weights, "head"):

@@ -132,7 +132,7 @@ def consistency(model, tokenizer, axes, max_new_tokens: int) -> float:
                                       lambda ids, perm: act_on_words(ids, perm, before, after))
 
 
-LAMBDA_FORMS = {"multi_lambda_equitune": "fixed", "multi_lambda_equitune (branch-weighted)": "lambda"}
+LAMBDA_FORMS = {"multi_lambda_equitune (fixed 1/N)": "fixed", "multi_lambda_equitune (branch-weighted)": "lambda"}
 
 
 def gap_templates(count: int) -> dict[str, str]:

@@ -39,10 +39,11 @@ from hf_equivariant.lambda_equitune import LAMBDA_PAPER, LambdaWeights
 from hf_equivariant.methods import get_symmetrization
 
 LAMBDA_METHODS = {"lambda_equitune": "equitune", "multi_lambda_equitune": "multi_equitune"}
-BRANCH_WEIGHTED = {"method_options": {"branch_weights": "lambda"}}
-# (method, options): each lambda method, and multi_lambda_equitune with its branches weighed by their mean lambda
+FIXED = {"method_options": {"branch_weights": "fixed"}}
+# (method, options): each lambda method (multi_lambda_equitune's branches weighed by their mean lambda, the
+# default), and multi_lambda_equitune with a fixed 1/N per branch
 VARIANTS = [pytest.param(method, {}, id=method) for method in sorted(LAMBDA_METHODS)] + [
-    pytest.param("multi_lambda_equitune", BRANCH_WEIGHTED, id="multi_lambda_equitune-branch_weighted")]
+    pytest.param("multi_lambda_equitune", FIXED, id="multi_lambda_equitune-fixed")]
 BPE_CLASS_LISTS = [BPE_GENDER_CLASSES, RACE_CLASSES]
 BPE_GROUPS = [WordSwapGroup("gender", BPE_GENDER_CLASSES), WordSwapGroup("race", RACE_CLASSES)]
 WORD_CLASS_LISTS = [GENDER_CLASSES, RACE_CLASSES]
@@ -153,7 +154,7 @@ def test_registered_copy_counts_and_head():
     head = model.copy_weights.head
     assert head.weight.shape == (1, model.config.text_config.hidden_size)
     assert not head.weight.any() and not head.bias.any()  # zero-initialised: lambda = 1
-    assert model.copy_weights.branch_weights == "fixed"
+    assert model.copy_weights.branch_weights == "lambda"
     with pytest.raises(ValueError, match="unknown branch_weights 'mean'.*'fixed', 'lambda'"):
         make_equivariant(model.model, BPE_GROUPS, tokenizer, symmetrization="multi_lambda_equitune",
                          method_options={"branch_weights": "mean"})
@@ -162,7 +163,7 @@ def test_registered_copy_counts_and_head():
 @pytest.mark.parametrize("weigh_branches", [False, True], ids=["fixed", "branch_weighted"])
 def test_multi_lambda_equitune_matches_its_formula(tokenizer, weigh_branches):
     base = tiny_llama(len(tokenizer))
-    options = BRANCH_WEIGHTED if weigh_branches else {}
+    options = {} if weigh_branches else FIXED
     model = make_equivariant(base, WORD_GROUPS, tokenizer, symmetrization="multi_lambda_equitune", **options).eval()
     with torch.no_grad():
         model.copy_weights.head.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
@@ -218,7 +219,7 @@ def test_trained_head_alone_is_exact_for_every_element(bpe, oracle, tmp_path, me
     assert wrapper.copy_weights.head.weight.abs().max() > 1e-3
     lam = lambdas(wrapper, ids)
     assert (lam.amax(0) / lam.amin(0)).max() > 1.01  # lambda differs between the copies of a position
-    if options:
+    if method == "multi_lambda_equitune" and not options:
         beta = branch_weights(wrapper, ids)
         assert (beta.amax(0) / beta.amin(0)).max() > 1.01  # the branches are weighed unevenly
     trained = logits(wrapper, input_ids=ids)
