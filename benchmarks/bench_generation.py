@@ -14,20 +14,20 @@ Times, with exactly --new-tokens greedy tokens each:
                   words (the default word action)
   naive           the earlier research algorithm: no KV cache, a Python loop over the prod |Gi| group
                   elements, the whole context recomputed for every new token
-Each method runs --rounds times, interleaved with the others; the median is reported.
+Each method runs --rounds times, interleaved with the others (benchmarks/timing.py); the median is reported with
+its spread, and each ratio of two wrappers with the least and greatest ratio of the same round.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
-import time
 import warnings
 
 import torch
+from timing import interleaved
 
-from hf_equivariant import make_equivariant
+from hf_equivariant import make_equivariant, presets
 from hf_equivariant.experiments import commands
 
 
@@ -60,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
 
     base, tokenizer = commands.load_model_and_tokenizer(None)
-    groups = commands.parse_groups(args.groups)
+    groups = presets.named(args.groups.split(","))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the presets' notes on skipped word forms
         models = {
@@ -87,30 +87,22 @@ def main() -> None:
         f"floor distinct={k_distinct}": generate(base, distinct),
         **{name: generate(model, ids) for name, model in models.items()},
     }
-    times = {name: [] for name in [*methods, "naive"]}
-    outputs = {}
     with torch.no_grad():
-        methods["plain"]()  # warm-up
-        for round_ in range(max(args.rounds, args.naive_rounds)):
-            for name, run in methods.items():
-                if round_ < args.rounds:
-                    start = time.perf_counter()
-                    outputs[name] = run()
-                    times[name].append(time.perf_counter() - start)
-            if round_ < args.naive_rounds:
-                start = time.perf_counter()
-                factors = models["equitune"].config.factors
-                outputs["naive"] = naive_equitune_generate(base, factors, ids, args.new_tokens)
-                times["naive"].append(time.perf_counter() - start)
-    median = {name: statistics.median(t) for name, t in times.items()}
+        times = interleaved(methods, args.rounds)
+        factors = models["equitune"].config.factors
+        naive = interleaved({"naive": lambda: naive_equitune_generate(base, factors, ids, args.new_tokens)},
+                            args.naive_rounds, warmup=False)
+    outputs = {**times.outputs, **naive.outputs}
+    median = {**{name: times.median(name) for name in methods}, "naive": naive.median("naive")}
+    spread = {**{name: times.spread(name) for name in methods}, "naive": naive.spread("naive")}
 
     print(f"\nprompt {args.prompt!r}, groups {args.groups} (prod {k_full}, sum {k_multi}, distinct {k_distinct}), "
           f"{args.new_tokens} new tokens, median of {args.rounds} rounds ({args.naive_rounds} for naive), "
           f"{torch.get_num_threads()} CPU threads\n")
-    print("| method | seconds | x plain |")
-    print("| --- | ---: | ---: |")
+    print("| method | seconds | spread (max - min) / median | x plain |")
+    print("| --- | ---: | ---: | ---: |")
     for name, seconds in median.items():
-        print(f"| {name} | {seconds:.2f} | {seconds / median['plain']:.2f} |")
+        print(f"| {name} | {seconds:.2f} | {100 * spread[name]:.0f}% | {seconds / median['plain']:.2f} |")
     ratios = [
         ("multi_equitune", f"floor K={k_multi}", "target <= 1.3"),
         ("equitune", f"floor K={k_full}", ""),
@@ -126,7 +118,8 @@ def main() -> None:
     ]
     print()
     for a, b, note in ratios:
-        print(f"{a} / {b}: {median[a] / median[b]:.2f}" + (f"  ({note})" if note else ""))
+        same_rounds = "" if a == "naive" else " [{1:.2f}, {2:.2f} per round]".format(*times.ratio(a, b))
+        print(f"{a} / {b}: {median[a] / median[b]:.2f}{same_rounds}" + (f"  ({note})" if note else ""))
     same = torch.equal(outputs["naive"], outputs["equitune (token)"])
     print(f"naive and equitune (token action, as naive) generate the same tokens: {same}")
     print(tokenizer.decode(outputs["multi_equitune+dedup"][0]))

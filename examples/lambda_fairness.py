@@ -1,22 +1,30 @@
-"""multi_lambda_equitune on SmolLM2: train the lambda head (inner model frozen) by self-distillation, then compare.
+"""multi_lambda_equitune on SmolLM2: train the lambda heads (inner model frozen) by self-distillation, then compare.
 
     python examples/lambda_fairness.py [--groups gender,race,sexual_orientation] [--steps 40] [--out FILE]
+                                       [--gap-contexts 4] [--gap-samples 3]
 
 1. Training data (self-distillation, offline): the base model's own sampled continuations of prompts built from
    demographic phrases ("The gay Black man") and contexts that appear neither among the fairness prompts
    (`fairness.TEMPLATES`) nor in the held-out text; the script checks both.
-2. `Trainer` trains only the lambda head of multi_lambda_equitune (the wrapper's `copy_weights`, 577 parameters
-   for SmolLM2's 576-wide hidden state) on that text with the symmetrised next-token loss.
-3. Held-out perplexity (the sentences of hf_equivariant/data/fairness_heldout.txt, as in fairness.md) of the base
-   model, equitune, multi_equitune and multi_lambda_equitune (at init it is multi_equitune: checked), with the
-   passes per token (copies per input row, and the distinct inner rows deduplication actually ran per input row),
-   the counterfactual consistency of greedy continuations on fairness prompts (two contexts, every demographic),
-   and the time of each part. Prints a markdown report, and writes it to --out if given.
+2. `Trainer` trains only the lambda head (the wrapper's `copy_weights`, 577 parameters for SmolLM2's 576-wide
+   hidden state) on that text with the symmetrised next-token loss, once for each form of multi_lambda_equitune:
+   branch_weights "fixed" (lambda normalised within each factor's branch, 1/N per branch) and "lambda" (the
+   branches weighed by their mean lambda), from the same data, seed and steps.
+3. Held-out perplexity (the sentences of hf_equivariant/experiments/data/fairness_heldout.txt, as in fairness.md)
+   of the base model, equitune, multi_equitune and both trained forms (at init each is multi_equitune: checked),
+   with the passes per token (copies per input row, and the distinct inner rows deduplication actually ran per
+   input row), the counterfactual consistency of greedy continuations on fairness prompts (two contexts, every
+   demographic), and the time of each part.
+4. Sentiment gaps as fairness.md measures them (`fairness.evaluate_fairness`), for the base model and the trained
+   forms, on --gap-contexts of its contexts (respect and occupation alternately) x every demographic x
+   --gap-samples samples, with the noise level of each gap (labels shuffled) at that sample count.
+Prints a markdown report, and writes it to --out if given.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import tempfile
 import time
@@ -24,20 +32,24 @@ import warnings
 
 import torch
 from datasets import Dataset
-from hf_equivariant.fairness import (
+from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+from hf_equivariant import make_equivariant
+from hf_equivariant.boundaries import act_on_words, token_boundaries
+from hf_equivariant.experiments import commands
+from hf_equivariant.experiments.fairness import (
+    OCCUPATION_CONTEXTS,
+    RESPECT_CONTEXTS,
     TEMPLATES,
     axes_by_name,
     build_prompts,
     continuation_ids,
     counterfactual_consistency,
     demographic_phrase,
+    evaluate_fairness,
     held_out_texts,
     perplexity,
 )
-from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
-
-from hf_equivariant import cli, make_equivariant
-from hf_equivariant.boundaries import act_on_words, token_boundaries
 from hf_equivariant.groups import resolve_groups
 
 TRAIN_CONTEXTS = ("lived in", "said that", "was walking to", "bought a", "wrote a letter to", "grew up in",
@@ -120,6 +132,15 @@ def consistency(model, tokenizer, axes, max_new_tokens: int) -> float:
                                       lambda ids, perm: act_on_words(ids, perm, before, after))
 
 
+LAMBDA_FORMS = {"multi_lambda_equitune (fixed 1/N)": "fixed", "multi_lambda_equitune (branch-weighted)": "lambda"}
+
+
+def gap_templates(count: int) -> dict[str, str]:
+    """`count` fairness contexts, respect and occupation alternately."""
+    alternate = [c for pair in zip(RESPECT_CONTEXTS, OCCUPATION_CONTEXTS) for c in pair]
+    return {c: TEMPLATES[c] for c in alternate[:count]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--groups", default="gender,race,sexual_orientation")
@@ -128,18 +149,28 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--sample-tokens", type=int, default=24, help="tokens sampled per training prompt")
     parser.add_argument("--greedy-tokens", type=int, default=10, help="tokens per greedy continuation")
+    parser.add_argument("--gap-contexts", type=int, default=4, help="fairness contexts for the gaps (0: no gaps)")
+    parser.add_argument("--gap-samples", type=int, default=3, help="samples per gap prompt")
+    parser.add_argument("--forms", default="fixed,lambda", help="multi_lambda_equitune forms (branch_weights) to train")
+    parser.add_argument("--no-baselines", action="store_true", help="skip base, equitune and multi_equitune (the same "
+                        "figures as a run with them: data, seed and evaluation do not depend on the forms trained)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="also write the report to this markdown file")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     start = time.perf_counter()
-    base, tokenizer = cli.load_model_and_tokenizer(None)
+    base, tokenizer = commands.load_model_and_tokenizer(None)
     axes = axes_by_name(args.groups.split(","))
+    groups = [axis.group for axis in axes]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the presets' notes on skipped word forms
-        models = {name: make_equivariant(base, [axis.group for axis in axes], tokenizer, name).eval()
-                  for name in ("equitune", "multi_equitune", "multi_lambda_equitune")}
+        models = {name: make_equivariant(base, groups, tokenizer, name).eval()
+                  for name in ("equitune", "multi_equitune")}
+        forms = {name: form for name, form in LAMBDA_FORMS.items() if form in args.forms.split(",")}
+        models.update({name: make_equivariant(base, groups, tokenizer, "multi_lambda_equitune",
+                                              method_options={"branch_weights": form}).eval()
+                       for name, form in forms.items()})
     seconds = {"load": time.perf_counter() - start}
     held_out = held_out_texts()
 
@@ -148,17 +179,25 @@ def main() -> None:
     texts = self_distillation_texts(base, tokenizer, prompts, args.sample_tokens, args.seed)
     seconds["sample"] = time.perf_counter() - start
 
-    lam = models["multi_lambda_equitune"]
+    at_init, losses = {}, {}
+    ids = tokenizer(held_out[:4], return_tensors="pt", padding=True)
     with torch.no_grad():
-        ids = tokenizer(held_out[:4], return_tensors="pt", padding=True)
-        at_init = torch.equal(lam(**ids).logits, models["multi_equitune"](**ids).logits)
-    start = time.perf_counter()
-    loss = train_head(lam, tokenizer, texts, args.steps, args.learning_rate, args.batch_size, args.seed)
-    lam.eval()
-    seconds["train"] = time.perf_counter() - start
+        uniform = models["multi_equitune"](**ids).logits
+    print(f"training texts: {len(texts)}, sha1 {hashlib.sha1(chr(0).join(texts).encode()).hexdigest()[:12]}",
+          flush=True)
+    for name in forms:
+        lam = models[name]
+        with torch.no_grad():
+            at_init[name] = torch.equal(lam(**ids).logits, uniform)
+        start = time.perf_counter()
+        losses[name] = train_head(lam, tokenizer, texts, args.steps, args.learning_rate, args.batch_size, args.seed)
+        lam.eval()
+        seconds[name] = time.perf_counter() - start
 
     rows = []
-    for name, model in [("base", base), *models.items()]:
+    evaluated = [(name, model) for name, model in [("base", base), *models.items()]
+                 if name in forms or not args.no_baselines]
+    for name, model in evaluated:
         start = time.perf_counter()
         value = perplexity(model, tokenizer, held_out)
         perplexity_seconds = time.perf_counter() - start
@@ -167,28 +206,52 @@ def main() -> None:
         rows.append((name, getattr(model, "num_copies", 1),
                      inner_rows_per_input(model, tokenizer, held_out) if name != "base" else 1.0,
                      value, perplexity_seconds, agree, time.perf_counter() - start))
+    ppl = {row[0]: row[3] for row in rows}
 
-    base_ppl = rows[0][3]
-    equitune_ppl = rows[1][3]
+    trained = "; ".join(f"{name} ({LAMBDA_FORMS[name]}) {seconds[name]:.0f} s, mean training loss {losses[name]:.3f}, "
+                        f"== multi_equitune at init bit for bit: {at_init[name]}" for name in forms)
     lines = [
         f"groups {args.groups}; {len(prompts)} training prompts x 1 base sample of up to {args.sample_tokens} tokens "
-        f"(sampled in {seconds['sample']:.0f} s); lambda head trained {args.steps} steps of {args.batch_size} "
-        f"(AdamW, lr {args.learning_rate}, inner model frozen) in {seconds['train']:.0f} s, mean training loss "
-        f"{loss:.3f}; multi_lambda_equitune == multi_equitune at init, bit for bit: {at_init}; {len(held_out)} "
-        f"held-out sentences; model load {seconds['load']:.0f} s; one thread.",
+        f"(sampled in {seconds['sample']:.0f} s); lambda heads trained {args.steps} steps of {args.batch_size} "
+        f"(AdamW, lr {args.learning_rate}, inner model frozen): {trained}; {len(held_out)} held-out sentences; "
+        f"model load {seconds['load']:.0f} s; one thread; training texts sha1 "
+        f"{hashlib.sha1(chr(0).join(texts).encode()).hexdigest()[:12]}.",
         "",
         "| model | passes per token (copies) | distinct inner rows per sentence | held-out perplexity | x base "
         "| perplexity s | consistency | consistency s |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, copies, distinct, value, ppl_s, agree, agree_s in rows:
-        name = f"{name} (trained lambda)" if name == "multi_lambda_equitune" else name
-        lines.append(f"| {name} | {copies} | {distinct:.2f} | {value:.2f} | {value / base_ppl:.3f} | {ppl_s:.0f} "
+        name = f"{name}, trained" if name in LAMBDA_FORMS else name
+        x_base = f"{value / ppl['base']:.3f}" if "base" in ppl else "(see baselines)"
+        lines.append(f"| {name} | {copies} | {distinct:.2f} | {value:.2f} | {x_base} | {ppl_s:.0f} "
                      f"| {100 * agree:.1f}% | {agree_s:.0f} |")
-    lam_ppl = rows[-1][3]
-    lines += ["", f"multi_lambda_equitune at {rows[-1][1]} passes vs equitune at {rows[1][1]}: perplexity "
-              f"{lam_ppl:.2f} vs {equitune_ppl:.2f} -> goal (<= equitune's) "
-              f"{'reached' if lam_ppl <= equitune_ppl else 'not reached'}; vs multi_equitune {rows[2][3]:.2f}."]
+    lines.append("")
+    for name in forms if "equitune" in ppl else ():
+        lines.append(f"{name} at {models[name].num_copies} passes vs equitune at {models['equitune'].num_copies}: "
+                     f"perplexity {ppl[name]:.2f} vs {ppl['equitune']:.2f} -> goal (<= equitune's) "
+                     f"{'reached' if ppl[name] <= ppl['equitune'] else 'not reached'}; vs multi_equitune "
+                     f"{ppl['multi_equitune']:.2f}.")
+    print("\n".join(lines), flush=True)
+
+    if args.gap_contexts:
+        templates = gap_templates(args.gap_contexts)
+        names = [*[axis.name for axis in axes], "intersectional"]
+        lines += ["", f"Sentiment gaps (VADER, as fairness.md) on {len(templates)} contexts ({', '.join(templates)}) x "
+                  f"{len(build_prompts(axes, templates)) // len(templates)} demographics x {args.gap_samples} samples; "
+                  "gap [95% bootstrap interval] (noise: the gap reached with the labels shuffled, 95th percentile, at "
+                  "this sample count)", "",
+                  "| model | samples | " + " | ".join(f"{n} gap (noise)" for n in names) + " | consistency | s |",
+                  "| --- | ---: | " + " | ".join("---" for _ in names) + " | ---: | ---: |"]
+        for name, model in [(name, model) for name, model in evaluated if name == "base" or name in forms]:
+            start = time.perf_counter()
+            _, summary = evaluate_fairness(model, tokenizer, axes, templates, samples_per_prompt=args.gap_samples,
+                                           seed=args.seed)
+            gaps = [f"{summary['gaps'][n][0]:.3f} [{summary['gaps'][n][1]:.3f}, {summary['gaps'][n][2]:.3f}] "
+                    f"({summary['noise'][n]:.3f})" for n in names]
+            lines.append(f"| {name} | {summary['samples']} | " + " | ".join(gaps)
+                         + f" | {100 * summary['consistency']:.1f}% | {time.perf_counter() - start:.0f} |")
+            print(lines[-1], flush=True)
     report = "\n".join(lines)
     print(report)
     if args.out:

@@ -114,7 +114,7 @@ def combine(scores: torch.Tensor, inverse: torch.Tensor, plan: ElementPlan, aver
     branches = plan.branches.to(scores.device)
     factor = plan.copy_weights.to(scores.device)[:, None]  # [K, 1] float64
     if weights is not None and not pooled:
-        chosen = weights(CopyScores(scores.float().log_softmax(-1), None, inverse, branches))  # [K, B]
+        chosen = weights(CopyScores(scores, None, inverse, branches))  # [K, B]
         factor = factor * branch_scale(chosen.double(), branches)
 
     def mean(values: torch.Tensor) -> torch.Tensor:

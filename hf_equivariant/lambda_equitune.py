@@ -2,16 +2,37 @@
 copy weights, registered as `symmetrization="lambda_equitune"` and `"multi_lambda_equitune"`.
 
     lambda_equitune        y(x) = sum_g lambda(g.x) g^-1 . M(g.x) / sum_g lambda(g.x)          (prod |Gi| copies)
-    multi_lambda_equitune  y(x) = 1/N sum_i Sym_{-i}( sum_{g in Gi} lambda_g g^-1 . M(g.c_{-i}(x)) / sum_g lambda_g )
+    multi_lambda_equitune  y(x) = sum_i beta_i Sym_{-i}( sum_{g in Gi} lambda_g g^-1 . M(g.c_{-i}(x)) / sum_g lambda_g )
                            with lambda_g = lambda(g.c_{-i}(x))                                    (sum |Gi| copies)
 
 per position t (y[t] is the combined next-token score there), with c_{-i} and Sym_{-i} as in multi_equitune
 (`methods.per_factor_plan`). lambda(g.x)[t] = softplus(w . h_t(g.x) + b) / log 2 >= 0, h_t(g.x) the inner
-model's last hidden state of copy g.x at position t. The weights are a function of the copy's own
-hidden state, so acting on x permutes them with the copies: both methods are exactly equivariant for any
-(w, b). The division by log 2 = softplus(0) cancels in the normalisation; it makes a zero head give
-lambda = 1 exactly, so that at initialisation (w = 0, b = 0) the methods are equitune and multi_equitune
-bit for bit.
+model's last hidden state of copy g.x at position t; beta_i, the weight of factor i's branch, is given below
+("branch weights"). The weights are a function of the copy's own hidden state, so acting on x permutes them
+with the copies: both methods are exactly equivariant for any (w, b). The division by log 2 = softplus(0)
+cancels in the normalisation; it makes a zero head give lambda = 1 exactly, so that at initialisation
+(w = 0, b = 0) the methods are equitune and multi_equitune bit for bit.
+
+**Branch weights** (`method_options={"branch_weights": ...}`).
+- "lambda" (default): the branches are weighed by their mean lambda (`methods.weighted_branch_scale`),
+
+      beta_i = Lambda_i / sum_j Lambda_j,   Lambda_i = 1/|Gi| sum_{g in Gi} lambda(g.c_{-i}(x))      (per position)
+
+- "fixed": beta_i = 1/N, lambda normalised within each factor's branch only (`methods.branch_scale`; the issue's
+  literal "multi_equitune with lambda weights over each factor's copies").
+With "fixed" the head cannot discount a branch whose canonicalised factors hurt the input at hand (a sentence
+about "she" read as "he" in the other factors' branches). Measured on SmolLM2 (docs/results/lambda_fairness.md,
+the same data, steps and seed): held-out perplexity 101.83 with "lambda" against 104.94 with "fixed"
+(multi_equitune 108.65, equitune 97.36), hence the default. For one factor, and for lambda_equitune's single
+branch, both are the same.
+- Exact: c_{-i}(h.x) = h_i.c_{-i}(x) for h in the product (canonicalising forgets the other factors, and the
+  factors commute on disjoint tokens), so branch i's copies of h.x, {g h_i.c_{-i}(x) : g in Gi}, are those of x
+  permuted. Hence Lambda_i(h.x) = Lambda_i(x): each beta_i is invariant. Each branch term is equivariant (the
+  argument for the per-branch form: its weights move with its copies and Sym_{-i} symmetrises over the rest),
+  and a combination of equivariant terms with invariant coefficients is equivariant.
+- At a zero head it is multi_equitune **bit for bit**: lambda = 1.0 exactly, so Lambda_i = |Gi| / |Gi| = 1.0,
+  sum_j Lambda_j = N and every factor on the plan's weights is N * 1.0 / N = 1.0 exactly, as with "fixed"
+  (|b| * 1.0 / |b|).
 
 The head (`LambdaWeights`, the wrapper's `copy_weights`) is the wrapper's own parameters: `save_pretrained`
 saves it with the inner model and `from_pretrained` loads it back; `Trainer` trains it alone (inner model
@@ -31,22 +52,31 @@ from .methods import (
     CopyScores,
     CopyWeights,
     SymmetrizationMethod,
+    branch_scale,
     full_product_plan,
     per_factor_plan,
     register_symmetrization,
+    weighted_branch_scale,
 )
 
 LAMBDA_PAPER = 'Basu et al., "Efficient Equivariant Transfer Learning from Pretrained Models", NeurIPS 2023'
 
 
+BRANCH_WEIGHTS = {"fixed": branch_scale, "lambda": weighted_branch_scale}
+
+
 class LambdaWeights(CopyWeights):
     """lambda(g.x)[t] = softplus(w . h_t(g.x) + b) / log 2, one weight per copy, row and position (see the module
-    docstring); `head` is the linear map (w, b), zero-initialised."""
+    docstring); `head` is the linear map (w, b), zero-initialised. `branch_weights`: "lambda" (branches weighed by
+    their mean lambda) or "fixed" (each branch keeps the plan's share 1/N)."""
 
     uses_hidden_states = True
 
-    def __init__(self, config):
+    def __init__(self, config, branch_weights: str = "lambda"):
         super().__init__()
+        if branch_weights not in BRANCH_WEIGHTS:
+            raise ValueError(f"unknown branch_weights {branch_weights!r}, choose one of {tuple(BRANCH_WEIGHTS)}")
+        self.branch_weights = branch_weights
         hidden_size = config.text_config.get_text_config(decoder=True).hidden_size
         self.head = nn.Linear(hidden_size, 1)
         self.reset_parameters()
@@ -65,6 +95,9 @@ class LambdaWeights(CopyWeights):
         lambdas = nn.functional.softplus(linear.float()) / math.log(2)
         return scores.per_copy(lambdas)
 
+    def scale(self, scores: CopyScores) -> torch.Tensor:
+        return BRANCH_WEIGHTS[self.branch_weights](self(scores), scores.branches)
+
 
 register_symmetrization(SymmetrizationMethod(
     "lambda_equitune", full_product_plan, LAMBDA_PAPER,
@@ -75,5 +108,6 @@ register_symmetrization(SymmetrizationMethod(
     "multi_lambda_equitune", per_factor_plan, f"{MULTI_GROUP_PAPER}; {LAMBDA_PAPER}",
     "per factor, the lambda-weighted average over its elements with the other factors canonicalised "
     "(lambda = softplus of a learned linear map of each copy's last hidden state, per position), symmetrised "
-    "over the other factors; then the mean over factors",
+    "over the other factors; then the factors weighed by their branches' mean lambda (with method_options "
+    "branch_weights=\"fixed\", the mean over factors)",
     weights=LambdaWeights, trainable=True))

@@ -8,10 +8,11 @@ of orders |G1|, ..., |GN|:
   y = sum_t w_t * h_t^-1 . M(copy_{k_t}), where h_t^-1 . acts on an output (permutes the vocabulary of a
   language model; nothing for an invariant output). The plan depends on the orders only.
 - its **copy weights**: `None` for the plan's fixed weights, or a module (`CopyWeights`) that turns the
-  copies' log-probabilities (and, when it asks, the inner model's last hidden states) into input-dependent
-  weights per copy, row and position. These are normalised within each *branch* of copies (all copies for
-  a full-product method; the copies of one factor for a multi-group one): copy k of branch b gets the
-  plan's weight scaled by |b| * a_k / sum_{j in b} a_j. With a_k = 1 that is the plan itself.
+  copies' logits or log-probabilities (and, when it asks, the inner model's last hidden states) into
+  input-dependent weights per copy, row and position. By default these are normalised within each *branch*
+  of copies (all copies for a full-product method; the copies of one factor for a multi-group one): copy k
+  of branch b gets the plan's weight scaled by |b| * a_k / sum_{j in b} a_j (`branch_scale`). With a_k = 1
+  that is the plan itself. A module may also weigh the branches by their weights (`weighted_branch_scale`).
   equizero: a_k = 1 on the argmin set of a proxy loss; lambda-equitune: a_k = lambda(hidden state of copy k).
 - whether it *canonicalises*: then the copies are the input's frame, the elements g that send it to its
   canonical form (an orbit-invariant choice the domain makes; the elements that leave it undetermined, its
@@ -26,6 +27,7 @@ model card) is looked up here with `get_symmetrization`; `register_symmetrizatio
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -105,16 +107,22 @@ def per_factor_plan(orders: Sequence[int]) -> ElementPlan:
 class CopyScores:
     """What input-dependent copy weights see: the inner model's distinct rows and how copies map onto them.
 
-    - `log_probs` [U, ..., V] float32: log-probabilities of the distinct inner rows, at the positions scored.
+    - `logits` [U, ..., V]: scores of the distinct inner rows, at the positions scored; `log_probs` their
+      log-softmax in float32, computed when first read (weights that never read it, like lambda's, cost no
+      pass over the vocabulary).
     - `hidden_states` [U, ..., H]: the inner model's last hidden state there (None unless asked for).
     - `inverse` [K*B] long: copy row k*B + b (copy k of input row b) is inner row inverse[k*B + b].
     - `branches` [K] long: the plan's branches.
     """
 
-    log_probs: torch.Tensor
+    logits: torch.Tensor
     hidden_states: torch.Tensor | None
     inverse: torch.Tensor
     branches: torch.Tensor
+
+    @functools.cached_property
+    def log_probs(self) -> torch.Tensor:
+        return self.logits.float().log_softmax(-1)
 
     @property
     def num_copies(self) -> int:
@@ -129,13 +137,19 @@ class CopyWeights(nn.Module):
     """Input-dependent copy weights: forward(CopyScores) -> [K, B, ...] weights >= 0 (see the module docstring).
 
     They must be a function of the copy's own outputs (or be equal across a branch's copies), so that acting
-    on the input permutes them with the copies: that keeps the method exactly equivariant.
+    on the input permutes them with the copies: that keeps the method exactly equivariant. `scale` turns them
+    into the factors on the plan's copy weights: normalised within each branch (`branch_scale`) unless a
+    method says otherwise.
     """
 
     uses_hidden_states = False
 
     def forward(self, scores: CopyScores) -> torch.Tensor:
         raise NotImplementedError
+
+    def scale(self, scores: CopyScores) -> torch.Tensor:
+        """[K, B, ...] factors on the plan's copy weights."""
+        return branch_scale(self(scores), scores.branches)
 
     def reset_parameters(self) -> None:
         """Initialise the parameters (the wrapper's `_init_weights` calls it for parameters a checkpoint lacks);
@@ -181,6 +195,21 @@ def branch_scale(weights: torch.Tensor, branches: torch.Tensor) -> torch.Tensor:
     totals = weights.new_zeros(num_branches, *weights.shape[1:]).scatter_add_(0, column.expand_as(weights), weights)
     sizes = torch.bincount(branches, minlength=num_branches).to(weights.dtype)
     return weights * sizes[column] / totals[branches]
+
+
+def weighted_branch_scale(weights: torch.Tensor, branches: torch.Tensor) -> torch.Tensor:
+    """[K, B, ...] weights a_k >= 0 -> factors a_k / mean_b A_b on the plan's copy weights, A_b = mean_{j in b} a_j.
+
+    For a plan whose branch b holds the fraction 1/N of the output spread evenly over its copies (the
+    per-factor plan), copy k of branch b then weighs beta_b * a_k / sum_{j in b} a_j with branch weight
+    beta_b = A_b / sum_c A_c: the weights normalised within each branch, and the branches weighed by their
+    mean weight. With a_k = 1 every factor is 1.0 exactly (A_b = |b| / |b|, sum_c A_c = N, N * 1 / N)."""
+    column = branches.view(-1, *[1] * (weights.dim() - 1))
+    num_branches = int(branches.max()) + 1
+    totals = weights.new_zeros(num_branches, *weights.shape[1:]).scatter_add_(0, column.expand_as(weights), weights)
+    sizes = torch.bincount(branches, minlength=num_branches).to(weights.dtype)
+    means = totals / sizes.view(-1, *[1] * (weights.dim() - 1))
+    return weights * num_branches / means.sum(0)
 
 
 @dataclass(frozen=True)

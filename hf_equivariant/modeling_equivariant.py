@@ -291,8 +291,9 @@ class EquivariantPreTrainedModel(EquivariantBasePreTrainedModel):
 
         Copies run through the inner model one block of distinct rows at a time (`inner_blocks`); the
         method's fixed weights combine each block as it comes. A method with input-dependent weights
-        (`methods.CopyWeights`) sees the log-probabilities of every distinct row (and their last hidden
-        state when it asks), and its weights, normalised per branch, scale the plan's.
+        (`methods.CopyWeights`) sees the logits of every distinct row (their log-probabilities when it reads
+        them; their last hidden state when it asks), and its `scale` (the weights normalised per branch, unless
+        the method says otherwise) scales the plan's.
         Per-layer outputs (`LAYER_OUTPUTS`, when asked for) are those of copy 0 of each input row, B rows:
         the input itself for equitune and for one factor; for multi_equitune with several factors the
         input with every factor but the first canonicalised. They are not symmetrised.
@@ -349,9 +350,9 @@ class EquivariantPreTrainedModel(EquivariantBasePreTrainedModel):
                 last_hidden = inner.get("decoder_hidden_states") or inner.hidden_states
                 held_hidden.append(last_hidden[-1][:, kept])
         if pool is None:
-            scores = CopyScores(torch.cat(held_logits).float().log_softmax(-1),
+            scores = CopyScores(held_logits[0] if len(held_logits) == 1 else torch.cat(held_logits),
                                 torch.cat(held_hidden) if held_hidden else None, rows.inverse, self.plan_branches)
-            pool = Pool(self.plan, rows, self.config.average, branch_scale(weigh(scores), self.plan_branches))
+            pool = Pool(self.plan, rows, self.config.average, weigh.scale(scores))
             for logits in held_logits:
                 pool.add(logits)
 

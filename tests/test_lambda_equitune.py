@@ -1,12 +1,17 @@
 """lambda_equitune and multi_lambda_equitune (hf_equivariant.lambda_equitune), checked against the oracles of conftest.
 
-- At initialisation (zero head) they are equitune and multi_equitune bit for bit.
+- At initialisation (zero head) they are equitune and multi_equitune bit for bit, both forms of the branch
+  weights (`branch_weights` "fixed" and "lambda").
+- multi_lambda_equitune matches its formula, computed one copy at a time in the test, in both forms; the
+  branch-weighted form's branch weights beta_i are not uniform there, and the fixed form's formula misses it.
 - After Trainer steps on random token ids (inner model frozen; with the inner model; with LoRA) the weights are
   no longer uniform, and every group element is exact for the word action (`ActionOracle`), with a negative
   control (lambda of the wrong copy) that the same check catches.
 - The head is saved and loaded back (identical logits), missing heads start at zero, deduplication and the KV
   cache change nothing, generation is equivariant, seq2seq too.
 """
+
+import itertools
 
 import pytest
 import torch
@@ -19,6 +24,7 @@ from conftest import (
     all_elements,
     assert_word_equivariant,
     bpe_tokenizer,
+    element_permutation,
     tiny_gpt2,
     tiny_llama,
     tiny_t5,
@@ -34,6 +40,11 @@ from hf_equivariant.lambda_equitune import LAMBDA_PAPER, LambdaWeights
 from hf_equivariant.methods import get_symmetrization
 
 LAMBDA_METHODS = {"lambda_equitune": "equitune", "multi_lambda_equitune": "multi_equitune"}
+FIXED = {"method_options": {"branch_weights": "fixed"}}
+# (method, options): each lambda method (multi_lambda_equitune's branches weighed by their mean lambda, the
+# default), and multi_lambda_equitune with a fixed 1/N per branch
+VARIANTS = [pytest.param(method, {}, id=method) for method in sorted(LAMBDA_METHODS)] + [
+    pytest.param("multi_lambda_equitune", FIXED, id="multi_lambda_equitune-fixed")]
 BPE_CLASS_LISTS = [BPE_GENDER_CLASSES, RACE_CLASSES]
 BPE_GROUPS = [WordSwapGroup("gender", BPE_GENDER_CLASSES), WordSwapGroup("race", RACE_CLASSES)]
 WORD_CLASS_LISTS = [GENDER_CLASSES, RACE_CLASSES]
@@ -88,6 +99,49 @@ def lambdas(wrapper, ids) -> torch.Tensor:
         return nn.functional.softplus(wrapper.copy_weights.head(hidden)).squeeze(-1)
 
 
+def branch_weights(wrapper, ids) -> torch.Tensor:
+    """[N, B, T] beta_i = Lambda_i / sum_j Lambda_j, Lambda_i the mean lambda of branch i's copies (per position)."""
+    lam = lambdas(wrapper, ids).unflatten(0, (wrapper.num_copies, -1))
+    branches = wrapper.plan_branches
+    means = torch.stack([lam[branches == i].mean(0) for i in range(int(branches.max()) + 1)])
+    return means / means.sum(0)
+
+
+def canonicaliser(oracle, factors) -> torch.Tensor:
+    """[V] long: every group word of the factors `factors` -> the class-0 word of its orbit (the oracle's orbits)."""
+    table = torch.arange(oracle.vocab_size)
+    for token, (factor, _, orbit) in oracle.orbit_of.items():
+        if factor in factors:
+            table[token] = orbit[0]
+    return table
+
+
+def naive_multi_lambda_equitune(base, head, ids, mask, tokenizer, class_lists, weigh_branches: bool):
+    """sum_i beta_i Sym_{-i}( sum_{g in Gi} lambda_g log_softmax(M(g.c_{-i}(x)))[..., p_{gh}] / sum_g lambda_g ),
+    one copy at a time: beta_i = 1/N, or with `weigh_branches` Lambda_i / sum_j Lambda_j (Lambda_i: mean lambda)."""
+    oracle = ActionOracle(tokenizer, class_lists, len(tokenizer), "token")
+    n = len(class_lists)
+    outputs, means = [], []
+    for i in range(n):
+        canonical = canonicaliser(oracle, set(range(n)) - {i})[ids]
+        terms, lams = [], []
+        for shift in range(len(class_lists[i])):
+            element = tuple(shift if j == i else 0 for j in range(n))
+            out = base(input_ids=element_permutation(tokenizer, class_lists, element)[canonical],
+                       attention_mask=mask, output_hidden_states=True)
+            lams.append(nn.functional.softplus(head(out.hidden_states[-1])))
+            z = out.logits.log_softmax(-1)
+            others = [range(len(c)) if j != i else [shift] for j, c in enumerate(class_lists)]
+            terms.append(torch.stack([z[..., element_permutation(tokenizer, class_lists, h)]
+                                      for h in itertools.product(*others)]).mean(0))
+        lams = torch.stack(lams)
+        outputs.append((torch.stack(terms) * lams).sum(0) / lams.sum(0))
+        means.append(lams.mean(0))
+    means = torch.stack(means)
+    beta = means / means.sum(0) if weigh_branches else torch.full_like(means, 1 / n)
+    return (torch.stack(outputs) * beta).sum(0)
+
+
 def test_registered_copy_counts_and_head():
     for orders in [(2,), (2, 3), (2, 4, 3)]:
         product, total = int(torch.tensor(orders).prod()), sum(orders)
@@ -101,12 +155,39 @@ def test_registered_copy_counts_and_head():
     head = model.copy_weights.head
     assert head.weight.shape == (1, model.config.text_config.hidden_size)
     assert not head.weight.any() and not head.bias.any()  # zero-initialised: lambda = 1
+    assert model.copy_weights.branch_weights == "lambda"
+    with pytest.raises(ValueError, match="unknown branch_weights 'mean'.*'fixed', 'lambda'"):
+        make_equivariant(model.model, BPE_GROUPS, tokenizer, symmetrization="multi_lambda_equitune",
+                         method_options={"branch_weights": "mean"})
 
 
-@pytest.mark.parametrize("method", sorted(LAMBDA_METHODS))
-def test_at_initialisation_equals_the_uniform_method_bit_for_bit(base_model, tokenizer, seq2seq_tokenizer, method):
+@pytest.mark.parametrize("weigh_branches", [False, True], ids=["fixed", "branch_weighted"])
+def test_multi_lambda_equitune_matches_its_formula(tokenizer, weigh_branches):
+    base = tiny_llama(len(tokenizer))
+    options = {} if weigh_branches else FIXED
+    model = make_equivariant(base, WORD_GROUPS, tokenizer, symmetrization="multi_lambda_equitune", **options).eval()
+    with torch.no_grad():
+        model.copy_weights.head.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
-    weighted = make_equivariant(base_model, WORD_GROUPS, tokenizer, symmetrization=method).eval()
+    head = model.copy_weights.head
+    with torch.no_grad():
+        expected = naive_multi_lambda_equitune(base, head, batch["input_ids"], batch["attention_mask"], tokenizer,
+                                               WORD_CLASS_LISTS, weigh_branches)
+        other = naive_multi_lambda_equitune(base, head, batch["input_ids"], batch["attention_mask"], tokenizer,
+                                            WORD_CLASS_LISTS, not weigh_branches)
+    out = logits(model, **batch)
+    kept = batch["attention_mask"].bool()  # left padding: the padded positions' scores are not compared
+    torch.testing.assert_close(out[kept], expected[kept], atol=1e-4, rtol=1e-4)
+    assert (out[kept] - other[kept]).abs().max() > 1e-3  # control: the other form's formula misses it
+    beta = branch_weights(model, batch["input_ids"])[:, kept]
+    assert (beta.amax(0) / beta.amin(0)).max() > 1.05  # the branches' weights are far from uniform
+
+
+@pytest.mark.parametrize(("method", "options"), VARIANTS)
+def test_at_initialisation_equals_the_uniform_method_bit_for_bit(base_model, tokenizer, seq2seq_tokenizer, method,
+                                                                 options):
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    weighted = make_equivariant(base_model, WORD_GROUPS, tokenizer, symmetrization=method, **options).eval()
     uniform = make_equivariant(base_model, WORD_GROUPS, tokenizer, symmetrization=LAMBDA_METHODS[method]).eval()
     assert weighted.num_copies == uniform.num_copies
     assert torch.equal(logits(weighted, **batch), logits(uniform, **batch))
@@ -117,14 +198,15 @@ def test_at_initialisation_equals_the_uniform_method_bit_for_bit(base_model, tok
     t5 = tiny_t5(len(seq2seq_tokenizer))
     pairs = seq2seq_tokenizer(PROMPTS, text_target=["a man was", "she had her", "the White boy"],
                               return_tensors="pt", padding=True)
-    outputs = [logits(make_equivariant(t5, WORD_GROUPS, seq2seq_tokenizer, symmetrization=name).eval(), **pairs)
+    outputs = [logits(make_equivariant(t5, WORD_GROUPS, seq2seq_tokenizer, symmetrization=name,
+                                       **(options if name == method else {})).eval(), **pairs)
                for name in (method, LAMBDA_METHODS[method])]
     assert torch.equal(*outputs)
 
 
-@pytest.mark.parametrize("method", sorted(LAMBDA_METHODS))
-def test_trained_head_alone_is_exact_for_every_element(bpe, oracle, tmp_path, method):
-    wrapper = make_equivariant(tiny_llama(len(bpe)), BPE_GROUPS, bpe, symmetrization=method)
+@pytest.mark.parametrize(("method", "options"), VARIANTS)
+def test_trained_head_alone_is_exact_for_every_element(bpe, oracle, tmp_path, method, options):
+    wrapper = make_equivariant(tiny_llama(len(bpe)), BPE_GROUPS, bpe, symmetrization=method, **options)
     inner = {name: p.detach().clone() for name, p in wrapper.model.named_parameters()}
     wrapper.model.requires_grad_(False)  # the inner model frozen: only the head trains
     assert [name for name, p in wrapper.named_parameters() if p.requires_grad] == [
@@ -138,13 +220,16 @@ def test_trained_head_alone_is_exact_for_every_element(bpe, oracle, tmp_path, me
     assert wrapper.copy_weights.head.weight.abs().max() > 1e-3
     lam = lambdas(wrapper, ids)
     assert (lam.amax(0) / lam.amin(0)).max() > 1.01  # lambda differs between the copies of a position
+    if method == "multi_lambda_equitune" and not options:
+        beta = branch_weights(wrapper, ids)
+        assert (beta.amax(0) / beta.amin(0)).max() > 1.01  # the branches are weighed unevenly
     trained = logits(wrapper, input_ids=ids)
     assert (trained - before).nan_to_num(0.0).abs().max() > 1e-3  # no longer the uniform method
 
     errors = assert_word_equivariant(wrapper, oracle, ids, all_elements(BPE_CLASS_LISTS))
     assert len(errors) == 6 and max(errors) <= 1e-4
     # negative control: lambda of the wrong copy, same trained head, is caught by the same check
-    wrong = WrongCopyLambdaWeights(wrapper.config)
+    wrong = WrongCopyLambdaWeights(wrapper.config, **(options.get("method_options") or {}))
     wrong.load_state_dict(wrapper.copy_weights.state_dict())
     wrapper.copy_weights = wrong
     control = assert_word_equivariant(wrapper, oracle, ids, all_elements(BPE_CLASS_LISTS), atol=float("inf"))
@@ -177,9 +262,9 @@ def test_trains_beside_lora_and_stays_exact(bpe, oracle, tmp_path):
     assert len(errors) == 6 and max(errors) <= 1e-4
 
 
-@pytest.mark.parametrize("method", sorted(LAMBDA_METHODS))
-def test_save_and_load_keep_the_head(bpe, tmp_path, method):
-    wrapper = make_equivariant(tiny_llama(len(bpe)), BPE_GROUPS, bpe, symmetrization=method)
+@pytest.mark.parametrize(("method", "options"), VARIANTS)
+def test_save_and_load_keep_the_head(bpe, tmp_path, method, options):
+    wrapper = make_equivariant(tiny_llama(len(bpe)), BPE_GROUPS, bpe, symmetrization=method, **options)
     wrapper.model.requires_grad_(False)
     train(wrapper, bpe, tmp_path / "run")
     ids = bpe(BPE_PROMPTS, return_tensors="pt", padding=True)["input_ids"]
@@ -187,6 +272,7 @@ def test_save_and_load_keep_the_head(bpe, tmp_path, method):
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved").eval()
     assert isinstance(loaded, EquivariantModelForCausalLM) and loaded.config.symmetrization == method
     assert torch.equal(loaded.copy_weights.head.weight, wrapper.copy_weights.head.weight)
+    assert loaded.copy_weights.branch_weights == wrapper.copy_weights.branch_weights
     assert torch.equal(logits(loaded, input_ids=ids), logits(wrapper, input_ids=ids))
     card = (tmp_path / "saved" / "README.md").read_text()
     assert LAMBDA_PAPER in card
@@ -234,3 +320,17 @@ def test_deduplication_cache_and_generation(tokenizer, tmp_path, method):
         assert torch.equal(cached, model.generate(**batch, max_new_tokens=6, use_cache=False, **options))
     greedy = dict(max_new_tokens=6, do_sample=False)
     assert token_generation_mismatches(model, tokenizer, WORD_CLASS_LISTS, batch, **greedy) == []
+
+
+def test_lambda_weights_do_not_build_log_probabilities(tokenizer):
+    """CopyScores.log_probs (a log-softmax over the vocabulary of every distinct row) is built only for weights
+    that read it: equizero's do, lambda's do not."""
+    seen = {}
+    for method in ("multi_lambda_equitune", "multi_equizero"):
+        model = make_equivariant(tiny_gpt2(len(tokenizer)), WORD_GROUPS, tokenizer, symmetrization=method).eval()
+        weights = model.copy_weights
+        original = weights.scale
+        weights.scale = lambda scores, original=original: (seen.__setitem__(method, scores), original(scores))[1]
+        logits(model, **tokenizer(PROMPTS, return_tensors="pt", padding=True))
+    assert "log_probs" not in vars(seen["multi_lambda_equitune"])
+    assert "log_probs" in vars(seen["multi_equizero"])  # control: equizero's proxy loss reads them
