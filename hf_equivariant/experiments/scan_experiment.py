@@ -42,7 +42,7 @@ class ScanExperiment:
     groups: tuple[str, ...] = ("scan_verbs",)
     seeds: tuple[int, ...] = (0, 1, 2)
     pretrain_epochs: float = 10.0
-    finetune_epochs: float = 1.0
+    finetune_epochs: float = 1.0  # 0: zero-shot evaluation only
     learning_rate: float = 5e-4
     finetune_learning_rate: float = 2e-4
     batch_size: int = 64
@@ -53,6 +53,9 @@ class ScanExperiment:
     progress: bool = True
     num_layers: int = 3
     symmetrizations: tuple[str, ...] | None = None  # registered method names to compare; None for all of them
+    # more wrappings of the same pretrained model: (label, method, groups) with groups as presets or WordSwapGroups,
+    # e.g. the factors with another class first (the class the multi design canonicalises the other factors to)
+    variants: tuple[tuple[str, str, tuple], ...] = ()
 
 
 def load_splits(split: str, seed: int = 0):
@@ -147,18 +150,21 @@ def run_seed(config: ScanExperiment, seed: int) -> list[dict]:
         stage("pretrained: evaluating")
         evaluate("pretrained", base, trainer, time.perf_counter() - start)
         pretrained_state = {k: v.clone() for k, v in base.state_dict().items()}
-        for symmetrization in config.symmetrizations or list(SYMMETRIZATIONS):
+        methods = [(name, name, groups) for name in config.symmetrizations or list(SYMMETRIZATIONS)]
+        for label, method, method_groups in methods + list(config.variants):
             base.load_state_dict(pretrained_state)
-            model = make_equivariant(base, groups, tokenizer, symmetrization=symmetrization)
+            model = make_equivariant(base, method_groups, tokenizer, symmetrization=method)
             trainer = trainer_for(model, tokenizer, train, config.finetune_epochs, config.finetune_learning_rate,
                                   config, seed, output_dir)
-            stage(f"{symmetrization}: zero-shot evaluation")
-            evaluate(f"{symmetrization} zero-shot", model, trainer, 0.0)
+            stage(f"{label}: zero-shot evaluation")
+            evaluate(f"{label} zero-shot", model, trainer, 0.0)
+            if not config.finetune_epochs:
+                continue
             start = time.perf_counter()
-            stage(f"{symmetrization}: fine-tuning")
+            stage(f"{label}: fine-tuning")
             trainer.train()
-            stage(f"{symmetrization}: evaluating the fine-tuned model")
-            evaluate(f"{symmetrization} fine-tuned", model, trainer, time.perf_counter() - start)
+            stage(f"{label}: evaluating the fine-tuned model")
+            evaluate(f"{label} fine-tuned", model, trainer, time.perf_counter() - start)
     return rows
 
 
