@@ -36,7 +36,9 @@ ACTIONS = ("word", "token")
 DEFAULT_GROUPS = "gender,race"
 GROUP_FIELDS = ("name", "classes", "kind", "skip_missing")  # WordSwapGroup's fields
 MODEL_TYPE = "hf_equivariant"  # EquivariantConfig.model_type: the config.json of a saved equivariant model
-VISION_MODEL_TYPE = "hf_equivariant_vision"  # EquivariantVisionConfig.model_type: a saved invariant image model
+# the model_type of a saved invariant image model: EquivariantVisionConfig's and EquivariantSiglipConfig's
+VISION_MODEL_TYPES = ("hf_equivariant_vision", "hf_equivariant_siglip")
+IMAGE_TEXT_MODEL_TYPES = ("clip", "siglip")  # inner models that score images against texts
 CHECK_DIGITS = 4  # scikit-learn digits images that `check` uses on an image model given no --image
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model")
 REPO_ID = re.compile(r"^(?!.*(--|\.\.))[A-Za-z0-9][\w.\-]{0,95}(/[\w.\-]{1,96})?$")
@@ -323,9 +325,9 @@ def check_arguments(args) -> None:
             raise UsageError(f"--model {args.model}: no such folder with a config.json; give the folder of a saved "
                              f"equivariant model")
         kind = model_type(folder, "--model")
-        if kind not in (MODEL_TYPE, VISION_MODEL_TYPE):
+        if kind not in (MODEL_TYPE, *VISION_MODEL_TYPES):
             raise UsageError(f"--model {args.model} holds a plain model, not an equivariant one")
-        check_check_inputs(args, folder, kind == VISION_MODEL_TYPE)
+        check_check_inputs(args, folder, kind in VISION_MODEL_TYPES)
     if args.command == "groups" and args.embedded and (args.model or args.tokenizer):
         raise UsageError("--embedded uses the embedded model's tokenizer: give it without --model and --tokenizer")
     if args.command in ("generate", "groups", "serve"):
@@ -359,25 +361,25 @@ def check_arguments(args) -> None:
 
 
 def check_check_inputs(args, folder: Path, vision: bool) -> None:
-    """`check`'s inputs: --image/--digits for image models, --prompt/--tokenizer for text models and CLIP; sets
-    args.vision, args.clip and args.digits (how many digits images)."""
-    args.vision, args.clip = vision, False
+    """`check`'s inputs: --image/--digits for image models, --prompt/--tokenizer for text models and image-text
+    models (CLIP, SigLIP); sets args.vision, args.image_text and args.digits (how many digits images)."""
+    args.vision, args.image_text = vision, False
     if not vision:
         if args.image or args.digits:
             raise UsageError(f"--image and --digits are for image models; {args.model} is a text model: give --prompt")
         return
-    args.clip = inner_model_type(folder) == "clip"
-    if not args.clip and (args.prompt or args.tokenizer):
-        raise UsageError(f"--prompt and --tokenizer are for text models and CLIP; {args.model} is an image "
+    args.image_text = inner_model_type(folder) in IMAGE_TEXT_MODEL_TYPES
+    if not args.image_text and (args.prompt or args.tokenizer):
+        raise UsageError(f"--prompt and --tokenizer are for text models, CLIP and SigLIP; {args.model} is an image "
                          f"classifier: give --image or --digits")
     for path in args.image or ():
         if not path.is_file():
             raise UsageError(f"--image {path}: no such file")
     if args.digits is None:
         args.digits = 0 if args.image else CHECK_DIGITS
-    if args.clip and args.tokenizer is None and not any((folder / n).is_file() for n in TOKENIZER_FILES):
-        raise UsageError(f"--model {args.model} is a CLIP model without tokenizer files; pass --tokenizer with its "
-                         f"tokenizer (Hub id or folder)")
+    if args.image_text and args.tokenizer is None and not any((folder / n).is_file() for n in TOKENIZER_FILES):
+        raise UsageError(f"--model {args.model} is an image-text model without tokenizer files; pass --tokenizer "
+                         f"with its tokenizer (Hub id or folder)")
 
 
 def inner_model_type(folder: Path) -> str | None:

@@ -17,7 +17,7 @@ import torch
 import yaml
 from conftest import tiny_gpt2, word_tokenizer
 from PIL import Image
-from test_vision import caption_tokenizer, tiny_clip, tiny_vit
+from test_vision import caption_tokenizer, tiny_clip, tiny_siglip, tiny_vit
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForImageClassification,
@@ -32,6 +32,7 @@ import hf_equivariant_cli
 from hf_equivariant import (
     EquivariantConfig,
     EquivariantModelForImageClassification,
+    EquivariantSiglipConfig,
     EquivariantVisionConfig,
     WordSwapGroup,
     make_equivariant,
@@ -95,7 +96,7 @@ def test_the_cli_lists_the_library_names():
     assert (cli.SYMMETRIZATIONS, cli.AVERAGES, cli.ACTIONS) == (tuple(SYMMETRIZATIONS), tuple(AVERAGES), tuple(ACTIONS))
     assert cli.GROUP_FIELDS == tuple(f.name for f in dataclasses.fields(WordSwapGroup))
     assert cli.MODEL_TYPE == EquivariantConfig.model_type
-    assert cli.VISION_MODEL_TYPE == EquivariantVisionConfig.model_type
+    assert cli.VISION_MODEL_TYPES == (EquivariantVisionConfig.model_type, EquivariantSiglipConfig.model_type)
     script = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["hf-equivariant"]
     assert script == "hf_equivariant_cli:main"
 
@@ -201,15 +202,16 @@ def usage_cases(tmp: Path):
                                                                       ".*saved is a text model: give --prompt"),
         (["check", "--model", saved, "--digits", "2"], "--image and --digits are for image models"),
         (["check", "--model", vision, "--prompt", "a cat"],
-         "--prompt and --tokenizer are for text models and CLIP; .*vision is an image classifier: give --image or "
-         "--digits"),
-        (["check", "--model", vision, "--tokenizer", plain], "--prompt and --tokenizer are for text models and CLIP"),
+         "--prompt and --tokenizer are for text models, CLIP and SigLIP; .*vision is an image classifier: give "
+         "--image or --digits"),
+        (["check", "--model", vision, "--tokenizer", plain],
+         "--prompt and --tokenizer are for text models, CLIP and SigLIP"),
         (["check", "--model", vision, "--image", tmp / "none.png"], "--image .*none.png: no such file"),
         (["check", "--model", vision, "--digits", "0"], "argument --digits: must be at least 1, got 0"),
         (["check", "--model", vision, "--image", tmp / "a_file.txt"], "--image .*a_file.txt: cannot be read as an "
                                                                       "image"),
         (["check", "--model", vision, "--digits", "5000"], "--digits 5000: scikit-learn has 1797 digits images"),
-        (["check", "--model", clip], "--model .*clip is a CLIP model without tokenizer files; pass --tokenizer"),
+        (["check", "--model", clip], "--model .*clip is an image-text model without tokenizer files; pass --tokenizer"),
         (["groups", "--groups", "caste"], "unknown group caste"),
         (["groups", "--tokenizer", tmp / "missing"], "--tokenizer .*missing: no such folder"),
         (["groups", "--embedded", "--tokenizer", plain], "--embedded uses the embedded model's tokenizer"),
@@ -349,13 +351,15 @@ def test_the_card_of_a_cli_model_names_the_base_folder_and_lists_dropped_forms(m
 
 @pytest.fixture(scope="module")
 def vision_dirs(tmp_path_factory):
-    """Saved invariant models: a tiny ViT (no image processor), the same with a processor, a tiny CLIP."""
-    folders = {name: tmp_path_factory.mktemp(name) for name in ("vit", "vit_processor", "clip")}
+    """Saved invariant models: a tiny ViT (no image processor), the same with a processor, a tiny CLIP and SigLIP."""
+    folders = {name: tmp_path_factory.mktemp(name) for name in ("vit", "vit_processor", "clip", "siglip")}
     for name in ("vit", "vit_processor"):
         make_equivariant(tiny_vit(), ["rot90", "hflip"]).save_pretrained(folders[name])
     ViTImageProcessor(size={"height": 8, "width": 8}).save_pretrained(folders["vit_processor"])
     make_equivariant(tiny_clip(), ["rot90", "hflip"], symmetrization="equitune").save_pretrained(folders["clip"])
     caption_tokenizer().save_pretrained(folders["clip"])
+    make_equivariant(tiny_siglip(), ["rot90", "hflip"], symmetrization="equizero").save_pretrained(folders["siglip"])
+    caption_tokenizer().save_pretrained(folders["siglip"])
     return folders
 
 
@@ -376,6 +380,8 @@ def test_check_an_image_model_on_digits_and_image_files(vision_dirs, tmp_path, c
     code, out, err = run_cli(["check", "--model", vision_dirs["clip"], "--prompt", "a photo of the digit 3",
                               "--prompt", "a cat"], capsys)
     assert code == 0 and out.strip().endswith("for all 8 elements (4 images against 2 texts, equitune)"), err
+    code, out, err = run_cli(["check", "--model", vision_dirs["siglip"]], capsys)
+    assert code == 0 and out.strip().endswith("for all 8 elements (4 images against 10 texts, equizero)"), err
 
 
 def test_check_reports_an_image_model_that_is_not_invariant(vision_dirs, capsys, monkeypatch):

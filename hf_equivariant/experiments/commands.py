@@ -373,21 +373,26 @@ def image_pixels(images: list, folder: str, inner_config) -> torch.Tensor:
 
 
 def check_image_model(args) -> None:
-    """Invariance of a saved image classifier or CLIP model on --image files and/or scikit-learn digits."""
+    """Invariance of a saved image classifier or image-text model (CLIP, SigLIP) on --image files and/or
+    scikit-learn digits."""
+    from transformers import AutoModelForImageClassification, AutoModelForZeroShotImageClassification
+
     from ..check import check_equivariance
-    from ..modeling_vision import EquivariantCLIPModel, EquivariantModelForImageClassification
 
     images = check_images(args)  # read before the model loads: a bad file is a usage error
-    wrapper = EquivariantCLIPModel if args.clip else EquivariantModelForImageClassification
-    model = _loading(args.model, lambda: wrapper.from_pretrained(args.model))
+    auto = AutoModelForZeroShotImageClassification if args.image_text else AutoModelForImageClassification
+    model = _loading(args.model, lambda: auto.from_pretrained(args.model))
     inputs = {"pixel_values": image_pixels(images, args.model, model.config.inner_config)}
     texts = ""
-    if args.clip:
+    if args.image_text:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         prompts = args.prompt or CLIP_CHECK_TEXTS
-        inputs.update(tokenizer(prompts, return_tensors="pt", padding=True))
+        # texts padded as the zero-shot pipeline pads them for the model (SigLIP was trained on 64 padded tokens)
+        siglip = "siglip" in model.config.model_type
+        padding = dict(padding="max_length", max_length=64) if siglip else dict(padding=True)
+        inputs.update(tokenizer(prompts, return_tensors="pt", **padding))
         texts = f" against {len(prompts)} texts"
     try:
         errors = check_equivariance(model, inputs, atol=args.atol)
