@@ -13,7 +13,7 @@ import dataclasses
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from .methods import DEFAULT_SYMMETRIZATION, get_symmetrization
+from .methods import DEFAULT_SYMMETRIZATION, SYMMETRIZATIONS, get_symmetrization
 
 
 @strict
@@ -51,6 +51,16 @@ class EquivariantBaseConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if not asked:
             self.inner_model_config._attn_implementation = inner_attn
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """A saved config; options of its method that it lacks mean what they meant when it was saved (the method's
+        `saved_options`: an option whose default changed after configs without it were written)."""
+        method = config_dict.get("symmetrization")
+        if "groups" in config_dict and method in SYMMETRIZATIONS and SYMMETRIZATIONS[method].saved_options:
+            options = {**SYMMETRIZATIONS[method].saved_options, **(config_dict.get("method_options") or {})}
+            config_dict = {**config_dict, "method_options": options}
+        return super().from_dict(config_dict, **kwargs)
 
     @property
     def inner_model_config(self) -> PreTrainedConfig:

@@ -14,7 +14,9 @@ cancels in the normalisation; it makes a zero head give lambda = 1 exactly, so t
 (w = 0, b = 0) the methods are equitune and multi_equitune bit for bit.
 
 **Branch weights** (`method_options={"branch_weights": ...}`).
-- "lambda" (default): the branches are weighed by their mean lambda (`methods.weighted_branch_scale`),
+- "lambda" (multi_lambda_equitune's default, recorded in the config of every model built since; a config
+  saved before has no branch_weights and loads with "fixed", the form it was trained with): the branches are
+  weighed by their mean lambda (`methods.weighted_branch_scale`),
 
       beta_i = Lambda_i / sum_j Lambda_j,   Lambda_i = 1/|Gi| sum_{g in Gi} lambda(g.c_{-i}(x))      (per position)
 
@@ -67,12 +69,13 @@ BRANCH_WEIGHTS = {"fixed": branch_scale, "lambda": weighted_branch_scale}
 
 class LambdaWeights(CopyWeights):
     """lambda(g.x)[t] = softplus(w . h_t(g.x) + b) / log 2, one weight per copy, row and position (see the module
-    docstring); `head` is the linear map (w, b), zero-initialised. `branch_weights`: "lambda" (branches weighed by
-    their mean lambda) or "fixed" (each branch keeps the plan's share 1/N)."""
+    docstring); `head` is the linear map (w, b), zero-initialised. `branch_weights`: "fixed" (each branch keeps
+    the plan's share 1/N) or "lambda" (branches weighed by their mean lambda; multi_lambda_equitune's default
+    option)."""
 
     uses_hidden_states = True
 
-    def __init__(self, config, branch_weights: str = "lambda"):
+    def __init__(self, config, branch_weights: str = "fixed"):
         super().__init__()
         if branch_weights not in BRANCH_WEIGHTS:
             raise ValueError(f"unknown branch_weights {branch_weights!r}, choose one of {tuple(BRANCH_WEIGHTS)}")
@@ -110,4 +113,5 @@ register_symmetrization(SymmetrizationMethod(
     "(lambda = softplus of a learned linear map of each copy's last hidden state, per position), symmetrised "
     "over the other factors; then the factors weighed by their branches' mean lambda (with method_options "
     "branch_weights=\"fixed\", the mean over factors)",
-    weights=LambdaWeights, trainable=True))
+    weights=LambdaWeights, trainable=True, options={"branch_weights": "lambda"},
+    saved_options={"branch_weights": "fixed"}))

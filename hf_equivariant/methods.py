@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -224,6 +224,9 @@ class SymmetrizationMethod:
     - `trainable`: whether its weights module has parameters to train.
     - `canonicalizes`: whether its copies are the input's frame (see the module docstring; its plan must be
       the full product, one copy per element, and it has no weights).
+    - `options`: default options of its weights; a new model records them in `config.method_options`, so that
+      a saved model reads back the choice it was saved with even if a default changes later.
+    - `saved_options`: what a saved config that lacks an option meant (the default before it was recorded).
     """
 
     name: str
@@ -233,6 +236,8 @@ class SymmetrizationMethod:
     weights: Callable[..., CopyWeights] | None = None
     trainable: bool = False
     canonicalizes: bool = False
+    options: dict = field(default_factory=dict)
+    saved_options: dict = field(default_factory=dict)
 
     def num_copies(self, orders: Sequence[int]) -> int:
         """Copies per input row (the plan's)."""

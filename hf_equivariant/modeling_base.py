@@ -58,8 +58,10 @@ class EquivariantBasePreTrainedModel(PreTrainedModel):
         inner_config._attn_implementation = model.config._attn_implementation
         model.config = inner_config
         self.model = model
-        # the method's input-dependent copy weights (a module: its parameters, if any, are the wrapper's own)
+        # the method's input-dependent copy weights (a module: its parameters, if any, are the wrapper's own), built
+        # with its default options, which the config records (a saved model keeps them if a default changes)
         method = self.method
+        config.method_options = {**method.options, **(config.method_options or {})} or None
         self.copy_weights = method.weights(config, **(config.method_options or {})) if method.weights else None
         self.check_method()
 

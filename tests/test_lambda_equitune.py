@@ -12,6 +12,9 @@
 """
 
 import itertools
+import json
+import os
+import shutil
 
 import pytest
 import torch
@@ -276,6 +279,32 @@ def test_save_and_load_keep_the_head(bpe, tmp_path, method, options):
     assert torch.equal(logits(loaded, input_ids=ids), logits(wrapper, input_ids=ids))
     card = (tmp_path / "saved" / "README.md").read_text()
     assert LAMBDA_PAPER in card
+
+
+def test_the_branch_weights_a_model_was_saved_with_are_kept(bpe, tmp_path):
+    """New models record branch_weights in config.json; a multi_lambda_equitune config saved before that option
+    existed (method_options null) was trained with fixed 1/N branches and must load with them."""
+    wrapper = make_equivariant(tiny_llama(len(bpe)), BPE_GROUPS, bpe, symmetrization="multi_lambda_equitune")
+    assert wrapper.config.method_options == {"branch_weights": "lambda"}
+    wrapper.model.requires_grad_(False)
+    train(wrapper, bpe, tmp_path / "run")
+    ids = bpe(BPE_PROMPTS, return_tensors="pt", padding=True)["input_ids"]
+    wrapper.save_pretrained(tmp_path / "new")
+    saved = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert saved["method_options"] == {"branch_weights": "lambda"}
+    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "new").eval(), input_ids=ids),
+                       logits(wrapper, input_ids=ids))
+    # the same trained head in a config as written before the option: it meant the fixed form
+    fixed = make_equivariant(tiny_llama(len(bpe)), BPE_GROUPS, bpe, symmetrization="multi_lambda_equitune", **FIXED)
+    fixed.load_state_dict(wrapper.state_dict())
+    (tmp_path / "old").mkdir()
+    for name in os.listdir(tmp_path / "new"):
+        shutil.copy(tmp_path / "new" / name, tmp_path / "old" / name)
+    (tmp_path / "old" / "config.json").write_text(json.dumps({**saved, "method_options": None}))
+    old = AutoModelForCausalLM.from_pretrained(tmp_path / "old").eval()
+    assert old.config.method_options == {"branch_weights": "fixed"}
+    assert torch.equal(logits(old, input_ids=ids), logits(fixed.eval(), input_ids=ids))
+    assert not torch.allclose(logits(old, input_ids=ids), logits(wrapper, input_ids=ids), atol=1e-3)  # forms differ
 
 
 def test_a_checkpoint_without_a_head_loads_with_a_zero_head(bpe, tmp_path):
