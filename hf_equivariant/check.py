@@ -58,11 +58,17 @@ def act_on_product(factors, x: torch.Tensor) -> torch.Tensor:
     return copies.flatten(0, len(factors) - 1)
 
 
+IMAGE_CHECK_INPUTS = {"pixel_values", "input_ids", "attention_mask", "position_ids"}  # images, and texts to score
+
+
 def _invariance_errors(model, inputs: dict) -> dict[str, float]:
     """{element name: max |y(g·x) - y(x)|} for a model whose outputs no factor permutes; every moved copy of
     every image goes through the model in one batch."""
     if "pixel_values" not in inputs:
         raise ValueError(f"check_equivariance needs the pixel_values the groups act on, got {sorted(inputs)}")
+    if other := sorted(set(inputs) - IMAGE_CHECK_INPUTS):
+        raise ValueError(f"check_equivariance on an image model takes pixel_values and, for an image-text model, "
+                         f"the texts' {sorted(IMAGE_CHECK_INPUTS - {'pixel_values'})}; drop {other}")
     factors = model.config.factors
     pixels = inputs["pixel_values"]
     moved = act_on_product(factors, pixels)  # [|G|, B, C, H, W]

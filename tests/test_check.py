@@ -89,3 +89,6 @@ def test_check_refuses_a_plain_model_and_images_without_pixels():
         check_equivariance(tiny_vit(), {"pixel_values": torch.randn(1, 3, 8, 8)})
     with pytest.raises(ValueError, match="needs the pixel_values the groups act on"):
         check_equivariance(make_equivariant(tiny_vit(), ["hflip"]), {"input_ids": torch.ones(1, 3, dtype=torch.long)})
+    with pytest.raises(ValueError, match=r"takes pixel_values and, for an image-text model, .*; drop \['labels'\]"):
+        check_equivariance(make_equivariant(tiny_vit(), ["hflip"]),
+                           {"pixel_values": torch.randn(2, 3, 8, 8), "labels": torch.tensor([0, 1])})
