@@ -18,6 +18,12 @@
 4. Sentiment gaps as fairness.md measures them (`fairness.evaluate_fairness`), for the base model and the trained
    forms, on --gap-contexts of its contexts (respect and occupation alternately) x every demographic x
    --gap-samples samples, with the noise level of each gap (labels shuffled) at that sample count.
+5. With --class-first, the class each factor lists first (the class the multi forms canonicalise the other
+   factors to; equitune does not depend on it): given words ("female,White,straight"), or "cv" for a two-fold
+   cross-validation on the held-out sentences: every choice of class 0 (one class per factor) is scored with
+   multi_equitune on each half (even and odd sentences), the best choice on one half gets a lambda head trained
+   (branch-weighted form) and both are measured on the other half; the pooled perplexity of the two other halves
+   is the cross-validated figure.
 Prints a markdown report, and writes it to --out if given.
 """
 
@@ -49,6 +55,8 @@ from hf_equivariant.experiments.fairness import (
     evaluate_fairness,
     held_out_texts,
     perplexity,
+    pooled_perplexity,
+    text_losses,
 )
 from hf_equivariant.groups import resolve_groups
 
@@ -141,6 +149,45 @@ def gap_templates(count: int) -> dict[str, str]:
     return {c: TEMPLATES[c] for c in alternate[:count]}
 
 
+def class_zero_choices(groups) -> list[list]:
+    """Every choice of class 0, one class per factor, as the groups with those classes listed first."""
+    return [[group.with_class_first(words[0]) for group, words in zip(groups, pick)]
+            for pick in itertools.product(*(group.classes for group in groups))]
+
+
+def cross_validated_class_order(base, tokenizer, groups, held_out, train, consistency_of) -> list[str]:
+    """Markdown lines: held-out perplexity of multi_equitune for every choice of class 0 (whole set and halves),
+    and the two-fold cross-validated perplexity of multi_equitune and of a trained multi_lambda_equitune
+    (`train(model)` trains its head; `consistency_of(model)` measures it) with class 0 chosen on the other half.
+    The folds are the even and odd sentences."""
+    choices = class_zero_choices(groups)
+    halves = [range(0, len(held_out), 2), range(1, len(held_out), 2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the presets' notes on skipped word forms
+        losses = [text_losses(make_equivariant(base, choice, tokenizer, "multi_equitune").eval(), tokenizer,
+                              held_out) for choice in choices]
+    half_ppl = [[pooled_perplexity([loss[i] for i in half]) for half in halves] for loss in losses]
+    lines = ["| class 0 of each factor | multi_equitune perplexity | even half | odd half |",
+             "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {', '.join(g.classes[0][0] for g in choice)} | {pooled_perplexity(loss):.2f} | {even:.2f} | "
+              f"{odd:.2f} |" for choice, loss, (even, odd) in zip(choices, losses, half_ppl)]
+    multi, lam, picked, agree = [], [], [], []
+    for fold, (select, other) in enumerate([halves, halves[::-1]]):
+        best = min(range(len(choices)), key=lambda c: half_ppl[c][fold])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = make_equivariant(base, choices[best], tokenizer, "multi_lambda_equitune")
+        train(model)
+        multi += [losses[best][i] for i in other]
+        lam += text_losses(model.eval(), tokenizer, [held_out[i] for i in other])
+        agree.append(f"{100 * consistency_of(model):.1f}%")
+        picked.append(", ".join(g.classes[0][0] for g in choices[best]))
+    lines += ["", f"Cross-validated (class 0 chosen on the even half: {picked[0]}; on the odd half: {picked[1]}): "
+              f"multi_equitune {pooled_perplexity(multi):.2f}, multi_lambda_equitune (branch-weighted, trained) "
+              f"{pooled_perplexity(lam):.2f} (consistency of the two trained models: {', '.join(agree)})."]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--groups", default="gender,race,sexual_orientation")
@@ -154,6 +201,8 @@ def main() -> None:
     parser.add_argument("--forms", default="fixed,lambda", help="multi_lambda_equitune forms (branch_weights) to train")
     parser.add_argument("--no-baselines", action="store_true", help="skip base, equitune and multi_equitune (the same "
                         "figures as a run with them: data, seed and evaluation do not depend on the forms trained)")
+    parser.add_argument("--class-first", help="one word per factor whose class the wrappers list first, or 'cv' to "
+                        "choose it by two-fold cross-validation on the held-out sentences")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="also write the report to this markdown file")
     args = parser.parse_args()
@@ -163,6 +212,8 @@ def main() -> None:
     base, tokenizer = commands.load_model_and_tokenizer(None)
     axes = axes_by_name(args.groups.split(","))
     groups = [axis.group for axis in axes]
+    if args.class_first and args.class_first != "cv":
+        groups = [group.with_class_first(word) for group, word in zip(groups, args.class_first.split(","), strict=True)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the presets' notes on skipped word forms
         models = {name: make_equivariant(base, groups, tokenizer, name).eval()
@@ -232,6 +283,12 @@ def main() -> None:
                      f"perplexity {ppl[name]:.2f} vs {ppl['equitune']:.2f} -> goal (<= equitune's) "
                      f"{'reached' if ppl[name] <= ppl['equitune'] else 'not reached'}; vs multi_equitune "
                      f"{ppl['multi_equitune']:.2f}.")
+    if args.class_first == "cv":
+        lines += ["", *cross_validated_class_order(
+            base, tokenizer, groups, held_out,
+            lambda model: train_head(model, tokenizer, texts, args.steps, args.learning_rate, args.batch_size,
+                                     args.seed),
+            lambda model: consistency(model, tokenizer, axes, args.greedy_tokens))]
     print("\n".join(lines), flush=True)
 
     if args.gap_contexts:

@@ -44,7 +44,8 @@ EXPERIMENTS = {
         split="scan_ii", groups=("scan_ii_verbs", "scan_directions", "scan_ii_up_down"), pretrain_epochs=2.5,
         finetune_epochs=0.25, max_eval_examples=1000, symmetrizations=("equitune", "multi_equitune"),
         variants=(("multi_equitune (seen class first)", "multi_equitune",
-                   tuple(dataclasses.replace(g, classes=g.classes[::-1]) for g in presets.SCAN_II)),),
+                   (presets.SCAN_II_VERBS.with_class_first("run"), presets.SCAN_DIRECTIONS.with_class_first("right"),
+                    presets.SCAN_II_UP_DOWN.with_class_first("down"))),),
     ),
 }
 

@@ -32,7 +32,7 @@ import functools
 import itertools
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -131,6 +131,20 @@ class WordSwapGroup:
     @property
     def words(self) -> set[str]:
         return {word for words in self.classes for word in words}
+
+    def with_class_first(self, word: str) -> WordSwapGroup:
+        """The same group with its classes rotated so that the class holding `word` is class 0.
+
+        A rotation leaves the group's elements as a set unchanged (the cyclic group's rotations are the same
+        maps c -> c + k; the symmetric group is every permutation), so equitune, equizero and lambda_equitune
+        give the same model. What changes is the class the multi forms canonicalise the other factors to, and
+        the class canonicalize sends the first word to: both read class 0, so list first the class the model
+        knows best (docs/results/scan.md, lambda_fairness.md)."""
+        first = next((c for c, words in enumerate(self.classes) if word in words), None)
+        if first is None:
+            raise ValueError(f"group {self.name!r} has no word {word!r}; its classes are "
+                             f"{[list(words) for words in self.classes]}")
+        return replace(self, classes=self.classes[first:] + self.classes[:first])
 
     @functools.cached_property
     def text_orbits(self) -> tuple[tuple[str, ...], ...]:

@@ -304,3 +304,19 @@ def test_word_action_on_text_is_the_wrappers_word_action_on_ids():
             expected = group.act(expected, k)
         assert moved == expected, choice
     assert len({tuple(groups[1].act(prompts, k)) for k in range(3)}) == 3  # the prompts do move
+
+
+@pytest.mark.parametrize("kind", ["cyclic", "symmetric"])
+def test_listing_another_class_first_keeps_the_group_and_moves_class_zero(kind):
+    group = WordSwapGroup("race", [["Black"], ["White"], ["Asian"], ["Hispanic"]], kind=kind)
+    rotated = group.with_class_first("Asian")
+    assert rotated.classes == (("Asian",), ("Hispanic",), ("Black",), ("White",))
+    text = "the Black cat, the White dog, the Asian bird and the Hispanic fish"
+    # the same maps on text, listed in another order: equitune, equizero and lambda_equitune do not change
+    assert sorted(group.act(text, range(group.order))) == sorted(rotated.act(text, range(rotated.order)))
+    assert rotated.act(text, 0) == text
+
+
+def test_listing_a_word_no_class_holds_first_is_refused():
+    with pytest.raises(ValueError, match=r"group 'race' has no word 'Purple'"):
+        WordSwapGroup("race", [["Black"], ["White"]]).with_class_first("Purple")

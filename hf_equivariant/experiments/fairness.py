@@ -149,16 +149,25 @@ def counterfactual_consistency(greedy: dict[tuple[str, tuple[int, ...]], list[in
     return agree / total
 
 
-def perplexity(model, tokenizer, texts: list[str]) -> float:
-    """exp of the mean next-token cross-entropy over the texts."""
-    total, count = 0.0, 0
+def text_losses(model, tokenizer, texts: list[str]) -> list[tuple[float, int]]:
+    """(summed next-token cross-entropy, number of predicted tokens) of each text."""
+    losses = []
     with torch.no_grad():
         for text in texts:
             ids = tokenizer(text, return_tensors="pt")["input_ids"]
             loss = model(input_ids=ids, labels=ids).loss
-            total += loss.item() * (ids.shape[1] - 1)
-            count += ids.shape[1] - 1
-    return math.exp(total / count)
+            losses.append((loss.item() * (ids.shape[1] - 1), ids.shape[1] - 1))
+    return losses
+
+
+def pooled_perplexity(losses: list[tuple[float, int]]) -> float:
+    """exp of the mean next-token cross-entropy over every token of the texts `losses` describes."""
+    return math.exp(sum(total for total, _ in losses) / sum(count for _, count in losses))
+
+
+def perplexity(model, tokenizer, texts: list[str]) -> float:
+    """exp of the mean next-token cross-entropy over the texts."""
+    return pooled_perplexity(text_losses(model, tokenizer, texts))
 
 
 def held_out_texts() -> list[str]:
