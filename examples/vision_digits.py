@@ -32,11 +32,9 @@ import torch
 from datasets import Dataset
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
     CLIPConfig,
     CLIPModel,
-    PreTrainedTokenizerFast,
     Trainer,
     TrainingArguments,
     ViTConfig,
@@ -45,6 +43,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from hf_equivariant import make_equivariant
+from hf_equivariant.experiments.captions import caption_tokenizer
 
 GROUPS = ["rot90", "hflip"]
 METHODS = ("plain", "equitune", "multi_equitune", "equizero", "multi_equizero", "canonicalize")
@@ -78,16 +77,6 @@ def randomly_moved(images: torch.Tensor, seed: int) -> torch.Tensor:
             chosen = (rotations == r) & (flips == f)
             moved[chosen] = dihedral(images[chosen], r, f)
     return moved
-
-
-def caption_tokenizer() -> PreTrainedTokenizerFast:
-    words = sorted({w for caption in CAPTIONS for w in caption.format("").split()}) + DIGITS
-    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<s>", "</s>", *words])}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 3)])
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>",
-                                   eos_token="</s>", model_max_length=16)
 
 
 def vit(seed: int) -> ViTForImageClassification:
@@ -216,7 +205,7 @@ def run_seed(seed: int, epochs: int, clip_epochs: int, fine_tune_epochs: int, lo
     log(f"seed {seed} classifier: " + ", ".join(f"{k} {v['upright']:.3f}/{v['moved']:.3f}"
                                                 for k, v in result["classifier"].items()))
 
-    tokenizer = caption_tokenizer()
+    tokenizer = caption_tokenizer(sorted({w for caption in CAPTIONS for w in caption.format("").split()}) + DIGITS)
     prompts = tokenizer([PROMPT.format(d) for d in DIGITS], return_tensors="pt", padding=True)
     model = clip(seed, len(tokenizer))
     result["clip_train_seconds"] = pretrain_clip(model, tokenizer, train_x, train_y, clip_epochs, seed)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import ARCHITECTURES, BPE_MIXED_PROMPTS, RACE_CLASSES, SEQ2SEQ_ARCHITECTURES, bpe_tokenizer
 from test_image_groups import oracle_elements
-from test_vision import caption_tokenizer, tiny_clip, tiny_vit
+from test_vision import CAPTION_WORDS, caption_tokenizer, tiny_clip, tiny_vit
 from test_word_action import GROUPS
 
 import hf_equivariant_cli
@@ -69,8 +69,8 @@ def test_check_image_models_for_invariance_under_every_element(kind, monkeypatch
     base = tiny_vit() if kind == "vit" else tiny_clip()
     inputs = {"pixel_values": torch.randn(3, 3, 8, 8)}  # generic images, fixed by no element
     if kind == "clip":
-        inputs.update(caption_tokenizer()([f"a photo of the digit {d}" for d in range(4)], return_tensors="pt",
-                                          padding=True))
+        captions = [f"a photo of the digit {d}" for d in range(4)]
+        inputs.update(caption_tokenizer(CAPTION_WORDS)(captions, return_tensors="pt", padding=True))
     model = make_equivariant(base, kinds, symmetrization="equitune")
     errors = check_equivariance(model, inputs)
     assert list(errors) == [f"rot90({r}) x hflip({f})" for r in range(4) for f in range(2)]

@@ -17,7 +17,7 @@ import torch
 import yaml
 from conftest import tiny_gpt2, word_tokenizer
 from PIL import Image
-from test_vision import caption_tokenizer, tiny_clip, tiny_siglip, tiny_vit
+from test_vision import CAPTION_WORDS, caption_tokenizer, tiny_clip, tiny_siglip, tiny_vit
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForImageClassification,
@@ -357,9 +357,9 @@ def vision_dirs(tmp_path_factory):
         make_equivariant(tiny_vit(), ["rot90", "hflip"]).save_pretrained(folders[name])
     ViTImageProcessor(size={"height": 8, "width": 8}).save_pretrained(folders["vit_processor"])
     make_equivariant(tiny_clip(), ["rot90", "hflip"], symmetrization="equitune").save_pretrained(folders["clip"])
-    caption_tokenizer().save_pretrained(folders["clip"])
+    caption_tokenizer(CAPTION_WORDS).save_pretrained(folders["clip"])
     make_equivariant(tiny_siglip(), ["rot90", "hflip"], symmetrization="equizero").save_pretrained(folders["siglip"])
-    caption_tokenizer().save_pretrained(folders["siglip"])
+    caption_tokenizer(CAPTION_WORDS).save_pretrained(folders["siglip"])
     return folders
 
 

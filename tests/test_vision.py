@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 from test_image_groups import METHODS, images, oracle_elements
 from test_save_load import USER_CARD, front_matter
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
     AutoModelForImageClassification,
     AutoModelForZeroShotImageClassification,
@@ -18,7 +17,6 @@ from transformers import (
     CLIPModel,
     ConvNextConfig,
     ConvNextForImageClassification,
-    PreTrainedTokenizerFast,
     ResNetConfig,
     ResNetForImageClassification,
     SiglipConfig,
@@ -39,6 +37,7 @@ from hf_equivariant import (
     EquivariantVisionConfig,
     make_equivariant,
 )
+from hf_equivariant.experiments.captions import caption_tokenizer
 from hf_equivariant.methods import MULTI_GROUP_PAPER
 
 LABELS = {i: f"class {i}" for i in range(5)}
@@ -67,16 +66,6 @@ def tiny_convnext(seed=0):
 
 CLASSIFIERS = {"vit": tiny_vit, "resnet": tiny_resnet, "convnext": tiny_convnext}
 CAPTION_WORDS = "this is a photo of the digit cat dog 0 1 2 3 4 5 6 7 8 9 .".split()
-
-
-def caption_tokenizer():
-    """Word-level; every text ends with </s>, where CLIP's text tower pools."""
-    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<s>", "</s>", *CAPTION_WORDS])}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 3)])
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>",
-                                   eos_token="</s>", model_max_length=16)
 
 
 def tiny_clip(seed=0):
@@ -114,7 +103,8 @@ IMAGE_TEXT = {
 def captions(family, digits=range(4)):
     """Tokenised captions, padded as the zero-shot pipeline pads them (SigLIP: to 64 tokens)."""
     padding = dict(padding="max_length", max_length=64) if family == "siglip" else dict(padding=True)
-    return caption_tokenizer()([f"a photo of the digit {d}" for d in digits], return_tensors="pt", **padding)
+    captions = [f"a photo of the digit {d}" for d in digits]
+    return caption_tokenizer(CAPTION_WORDS)(captions, return_tensors="pt", **padding)
 
 
 def pixels(seed=0):
@@ -374,9 +364,9 @@ def test_image_text_save_load_and_zero_shot_pipeline(family, tmp_path):
 
     labels = [str(d) for d in range(4)]
     template = "a photo of the digit {}"
-    classify = pipeline("zero-shot-image-classification", model=loaded, tokenizer=caption_tokenizer(),
+    classify = pipeline("zero-shot-image-classification", model=loaded, tokenizer=caption_tokenizer(CAPTION_WORDS),
                         image_processor=processor())
-    plain = pipeline("zero-shot-image-classification", model=base, tokenizer=caption_tokenizer(),
+    plain = pipeline("zero-shot-image-classification", model=base, tokenizer=caption_tokenizer(CAPTION_WORDS),
                      image_processor=processor())
     image = to_pil(torch.rand(3, 8, 8))
 
@@ -427,7 +417,7 @@ def test_real_clip_example_runs_on_local_folders(tmp_path):
     import vision_clip_zero_shot
 
     tiny_clip().save_pretrained(tmp_path / "clip")
-    caption_tokenizer().save_pretrained(tmp_path / "clip")
+    caption_tokenizer(CAPTION_WORDS).save_pretrained(tmp_path / "clip")
     processor().save_pretrained(tmp_path / "clip")
     torch.manual_seed(0)
     for label in ("cat", "dog"):
