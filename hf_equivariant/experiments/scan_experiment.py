@@ -52,7 +52,7 @@ class ScanExperiment:
     d_model: int = 128
     progress: bool = True
     num_layers: int = 3
-    symmetrizations: tuple[str, ...] | None = None  # registered method names to compare; None for all of them
+    symmetrizations: tuple[str, ...] | None = None  # registered method names to compare; None for all, () for none
     # more wrappings of the same pretrained model: (label, method, groups) with groups as presets or WordSwapGroups,
     # e.g. the factors with another class first (the class the multi design canonicalises the other factors to)
     variants: tuple[tuple[str, str, tuple], ...] = ()
@@ -150,7 +150,8 @@ def run_seed(config: ScanExperiment, seed: int) -> list[dict]:
         stage("pretrained: evaluating")
         evaluate("pretrained", base, trainer, time.perf_counter() - start)
         pretrained_state = {k: v.clone() for k, v in base.state_dict().items()}
-        methods = [(name, name, groups) for name in config.symmetrizations or list(SYMMETRIZATIONS)]
+        names = list(SYMMETRIZATIONS) if config.symmetrizations is None else config.symmetrizations
+        methods = [(name, name, groups) for name in names]
         for label, method, method_groups in methods + list(config.variants):
             base.load_state_dict(pretrained_state)
             model = make_equivariant(base, method_groups, tokenizer, symmetrization=method)
