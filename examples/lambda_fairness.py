@@ -264,7 +264,8 @@ def main() -> None:
     lines = [
         f"groups {args.groups}; {len(prompts)} training prompts x 1 base sample of up to {args.sample_tokens} tokens "
         f"(sampled in {seconds['sample']:.0f} s); lambda heads trained {args.steps} steps of {args.batch_size} "
-        f"(AdamW, lr {args.learning_rate}, inner model frozen): {trained}; {len(held_out)} held-out sentences; "
+        f"(AdamW, lr {args.learning_rate}, inner model frozen){': ' + trained if trained else ''}; "
+        f"{len(held_out)} held-out sentences; "
         f"model load {seconds['load']:.0f} s; one thread; training texts sha1 "
         f"{hashlib.sha1(chr(0).join(texts).encode()).hexdigest()[:12]}.",
         "",
