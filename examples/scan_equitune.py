@@ -76,8 +76,8 @@ def section(name: str, config: ScanExperiment, rows: list[dict], seconds: float,
                + " x ".join(f"{g.name} (class 0: {g.classes[0][0]})" for g in groups) + "."
                for label, method, groups in config.variants),
              *([""] if config.variants else []), results_table(rows), ""]
-    if config.split == "scan_ii" and config.finetune_epochs:
-        passes = {r["stage"]: r["passes"] for r in rows}
+    passes = {r["stage"]: r["passes"] for r in rows}
+    if config.split == "scan_ii" and {"equitune fine-tuned", "multi_equitune fine-tuned"} <= passes.keys():
         lines += [
             f"Measured time ratio equitune / multi_equitune ({passes['equitune fine-tuned']} vs "
             f"{passes['multi_equitune fine-tuned']} inner passes): fine-tuning "

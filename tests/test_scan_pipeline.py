@@ -80,3 +80,31 @@ def test_tiny_experiment_runs_every_stage_through_the_cli(capsys, tmp_path):
     written = (tmp_path / "scan.md").read_text()
     assert written.startswith("Reproduce: `hf-equivariant scan --split addprim_jump")
     assert table[table.index("| model |"):].strip() in written  # stdout also holds the trainers' logs
+
+
+@pytest.mark.parametrize("symmetrizations", [(), ("equitune",)])
+def test_scan_ii_report_without_both_compared_methods(symmetrizations):
+    """examples/scan_equitune.py's section: the equitune / multi_equitune time ratio needs both methods' fine-tuned
+    stages; a SCAN-II run of the variants alone (`--symmetrizations ''`) or of one method reports without it."""
+    import dataclasses
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import scan_equitune
+
+    config = dataclasses.replace(scan_equitune.EXPERIMENTS["scan_ii_canonical_class"], seeds=(0,),
+                                 symmetrizations=symmetrizations)
+    variant = [{"seed": 0, "stage": f"multi_equitune (seen class first) {stage}", "passes": 6, "train_seconds": 2.0,
+                "eval_seconds": 1.0, "test": 0.5} for stage in ("zero-shot", "fine-tuned")]
+    compared = [{**variant[1], "stage": f"{name} fine-tuned", "passes": passes, "train_seconds": seconds}
+                for name, passes, seconds in [("equitune", 8, 3.0), ("multi_equitune", 6, 2.0)]]
+    rows = [row for row in compared if row["stage"].split()[0] in symmetrizations] + variant
+    text = scan_equitune.section("scan_ii_canonical_class", config, rows, 60.0, "python examples/scan_equitune.py",
+                                 "CPU")
+    assert "| multi_equitune (seen class first) fine-tuned | 6 | 50.0 ± 0.0 | 2 | 1 |" in text
+    assert "Variant: multi_equitune (seen class first) = multi_equitune over scan_ii_verbs (class 0: run)" in text
+    assert "time ratio" not in text
+    # with both methods' fine-tuned stages the ratio is reported, as before
+    assert "Measured time ratio equitune / multi_equitune (8 vs 6 inner passes): fine-tuning 1.50x" in \
+        scan_equitune.section("scan_ii_canonical_class", config, compared + variant, 60.0, "python", "CPU")
