@@ -172,7 +172,7 @@ def cross_validated_class_order(base, tokenizer, groups, held_out, train, consis
     lines += [f"| {', '.join(g.classes[0][0] for g in choice)} | {pooled_perplexity(loss):.2f} | {even:.2f} | "
               f"{odd:.2f} |" for choice, loss, (even, odd) in zip(choices, losses, half_ppl)]
     multi, lam, picked, agree = [], [], [], []
-    for fold, (select, other) in enumerate([halves, halves[::-1]]):
+    for fold, other in enumerate(halves[::-1]):  # choose on half `fold`, measure on the other
         best = min(range(len(choices)), key=lambda c: half_ppl[c][fold])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -213,7 +213,10 @@ def main() -> None:
     axes = axes_by_name(args.groups.split(","))
     groups = [axis.group for axis in axes]
     if args.class_first and args.class_first != "cv":
-        groups = [group.with_class_first(word) for group, word in zip(groups, args.class_first.split(","), strict=True)]
+        words = args.class_first.split(",")
+        if len(words) != len(groups):
+            parser.error(f"--class-first needs one word per group ({args.groups}), got {args.class_first!r}")
+        groups = [group.with_class_first(word) for group, word in zip(groups, words)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the presets' notes on skipped word forms
         models = {name: make_equivariant(base, groups, tokenizer, name).eval()
@@ -265,7 +268,8 @@ def main() -> None:
         f"groups {args.groups}; {len(prompts)} training prompts x 1 base sample of up to {args.sample_tokens} tokens "
         f"(sampled in {seconds['sample']:.0f} s); lambda heads trained {args.steps} steps of {args.batch_size} "
         f"(AdamW, lr {args.learning_rate}, inner model frozen){': ' + trained if trained else ''}; "
-        f"{len(held_out)} held-out sentences; "
+        f"{len(held_out)} held-out sentences; class 0 of each factor: "
+        f"{'cross-validated (below)' if args.class_first == 'cv' else ', '.join(g.classes[0][0] for g in groups)}; "
         f"model load {seconds['load']:.0f} s; one thread; training texts sha1 "
         f"{hashlib.sha1(chr(0).join(texts).encode()).hexdigest()[:12]}.",
         "",

@@ -138,8 +138,9 @@ class WordSwapGroup:
         A rotation leaves the group's elements as a set unchanged (the cyclic group's rotations are the same
         maps c -> c + k; the symmetric group is every permutation), so equitune, equizero and lambda_equitune
         give the same model. What changes is the class the multi forms canonicalise the other factors to, and
-        the class canonicalize sends the first word to: both read class 0, so list first the class the model
-        knows best (docs/results/scan.md, lambda_fairness.md)."""
+        the class canonicalize sends the first word to (on a symmetric factor it sends the classes, in the order
+        their words first occur, to 0, 1, 2, ..., so there the whole order counts): both read class 0, so list
+        first the class the model knows best (docs/results/scan.md, lambda_fairness.md)."""
         first = next((c for c, words in enumerate(self.classes) if word in words), None)
         if first is None:
             raise ValueError(f"group {self.name!r} has no word {word!r}; its classes are "

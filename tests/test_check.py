@@ -5,11 +5,12 @@ import pytest
 import torch
 from conftest import ARCHITECTURES, BPE_MIXED_PROMPTS, RACE_CLASSES, SEQ2SEQ_ARCHITECTURES, bpe_tokenizer
 from test_image_groups import oracle_elements
-from test_vision import CAPTION_WORDS, caption_tokenizer, tiny_clip, tiny_vit
+from test_vision import CAPTION_WORDS, tiny_clip, tiny_vit
 from test_word_action import GROUPS
 
 import hf_equivariant_cli
 from hf_equivariant import WordSwapGroup, check_equivariance, make_equivariant
+from hf_equivariant.experiments.captions import caption_tokenizer
 
 
 @pytest.mark.parametrize("action", ["word", "token"])

@@ -17,7 +17,7 @@ import torch
 import yaml
 from conftest import tiny_gpt2, word_tokenizer
 from PIL import Image
-from test_vision import CAPTION_WORDS, caption_tokenizer, tiny_clip, tiny_siglip, tiny_vit
+from test_vision import CAPTION_WORDS, tiny_clip, tiny_siglip, tiny_vit
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForImageClassification,
@@ -40,6 +40,7 @@ from hf_equivariant import (
 )
 from hf_equivariant.boundaries import ACTIONS
 from hf_equivariant.experiments import commands
+from hf_equivariant.experiments.captions import caption_tokenizer
 from hf_equivariant.experiments.data.scan import SPLITS
 from hf_equivariant.experiments.fairness import AXES
 from hf_equivariant.methods import SYMMETRIZATIONS

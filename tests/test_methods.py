@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import (
     GENDER_CLASSES,
+    ORIENTATION_CLASSES,
     PROMPTS,
     RACE_CLASSES,
     all_elements,
@@ -19,6 +20,7 @@ from conftest import (
     tiny_gpt2,
     tiny_t5,
     token_generation_mismatches,
+    word_tokenizer,
 )
 from torch import nn
 
@@ -151,3 +153,35 @@ def test_plugin_weights_are_saved_and_loaded(tokenizer, tmp_path):
         assert torch.equal(loaded(**batch).logits, model(**batch).logits)
     card = (tmp_path / "README.md").read_text()
     assert "A test file (2026)" in card and "lambda-weighted equitune" in card
+
+
+@pytest.mark.parametrize("kind", ["cyclic", "symmetric"])
+def test_the_class_listed_first_changes_only_the_multi_forms_and_canonicalize(kind):
+    """`with_class_first` keeps the group: the full-product methods give the same model (lambda with a non-zero
+    head too); the multi forms and canonicalize read class 0, so a negative control shows they change."""
+    tokenizer = word_tokenizer()
+    base = tiny_gpt2(len(tokenizer)).eval()
+    batch = tokenizer(PROMPTS + ["the straight Asian girl was known for her"], return_tensors="pt", padding=True)
+    classes = [("gender", GENDER_CLASSES, "woman"), ("race", RACE_CLASSES, "White"),
+               ("orientation", ORIENTATION_CLASSES, "straight")]
+    listed = [WordSwapGroup(name, words, kind=kind) for name, words, _ in classes]
+    rotated = [group.with_class_first(first) for group, (_, _, first) in zip(listed, classes)]
+    assert [group.classes[0][0] for group in rotated] == ["woman", "White", "straight"]
+    real = batch["attention_mask"].bool()
+    full_product, reading_class_zero = ("equitune", "equizero", "lambda_equitune"), (
+        "multi_equitune", "multi_equizero", "multi_lambda_equitune", "canonicalize")
+    for method in full_product + reading_class_zero:
+        models = [make_equivariant(base, groups, tokenizer, method).eval() for groups in (listed, rotated)]
+        if method.endswith("lambda_equitune"):  # a non-uniform head, the same in both
+            torch.manual_seed(1)
+            weight = torch.randn_like(models[0].copy_weights.head.weight) / 2
+            for model in models:
+                with torch.no_grad():
+                    model.copy_weights.head.weight.copy_(weight)
+                    model.copy_weights.head.bias.fill_(0.3)
+        with torch.no_grad():
+            difference = (models[0](**batch).logits - models[1](**batch).logits)[real].abs().max().item()
+        if method in reading_class_zero:
+            assert difference > 1e-2, method
+        else:
+            assert difference < 1e-5, method

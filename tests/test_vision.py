@@ -37,7 +37,7 @@ from hf_equivariant import (
     EquivariantVisionConfig,
     make_equivariant,
 )
-from hf_equivariant.experiments.captions import caption_tokenizer
+from hf_equivariant.experiments.captions import SPECIAL_TOKENS, caption_tokenizer
 from hf_equivariant.methods import MULTI_GROUP_PAPER
 
 LABELS = {i: f"class {i}" for i in range(5)}
@@ -70,7 +70,8 @@ CAPTION_WORDS = "this is a photo of the digit cat dog 0 1 2 3 4 5 6 7 8 9 .".spl
 
 def tiny_clip(seed=0):
     torch.manual_seed(seed)
-    text = dict(vocab_size=4 + len(CAPTION_WORDS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+    text = dict(vocab_size=len(SPECIAL_TOKENS) + len(CAPTION_WORDS), hidden_size=16, num_hidden_layers=1,
+                num_attention_heads=2,
                 intermediate_size=32, max_position_embeddings=16, pad_token_id=0, bos_token_id=2, eos_token_id=3)
     vision = dict(image_size=8, patch_size=2, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                   intermediate_size=32)
@@ -80,7 +81,8 @@ def tiny_clip(seed=0):
 def tiny_siglip(seed=0):
     """A tiny SigLIP with a logit scale and bias away from their zero initialisation (the bias must count)."""
     torch.manual_seed(seed)
-    text = dict(vocab_size=4 + len(CAPTION_WORDS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+    text = dict(vocab_size=len(SPECIAL_TOKENS) + len(CAPTION_WORDS), hidden_size=16, num_hidden_layers=1,
+                num_attention_heads=2,
                 intermediate_size=32, max_position_embeddings=64, projection_size=16, pad_token_id=0, bos_token_id=2,
                 eos_token_id=3)
     vision = dict(image_size=8, patch_size=2, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
