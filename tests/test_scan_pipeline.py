@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import SEQ2SEQ_ARCHITECTURES, ActionOracle, all_elements
-from transformers import DataCollatorForSeq2Seq
+from datasets import Dataset
 
 import hf_equivariant_cli
 from hf_equivariant import make_equivariant, presets, resolve_groups
@@ -53,13 +53,27 @@ def test_scan_ii_wrappers_are_equivariant(tokenizer, architecture, symmetrizatio
                                           max_new_tokens=6, do_sample=False), p[generated])
 
 
-def test_exact_match_compares_whole_sequences(tokenizer):
-    rows = [tokenizer(c, text_target=a) for c, a in [("jump", "I_JUMP"), ("jump twice", "I_JUMP I_JUMP")]]
-    labels = DataCollatorForSeq2Seq(tokenizer)(rows)["labels"].numpy()  # padded with -100
-    predictions = np.array([[0, 21, 1, 0, 0], [0, 21, 1, -100, -100]])  # right, then one action short
-    trainer = SimpleNamespace(predict=lambda *args, **kwargs: SimpleNamespace(predictions=predictions,
-                                                                                label_ids=labels))
-    assert exact_match(trainer, None, tokenizer) == 0.5
+def test_exact_match_generates_each_command_once_and_compares_whole_sequences(tokenizer):
+    """Two overlapping test sets: the shared command is generated once, the commands go shortest target first, and
+    a prediction one action short is wrong."""
+    def rows(pairs):
+        return Dataset.from_list([dict(tokenizer(c, text_target=a)) for c, a in pairs])
+
+    answers = {"jump": "I_JUMP", "jump twice": "I_JUMP", "walk left": "I_TURN_LEFT I_WALK"}  # "jump twice": short
+    tests = {"first": rows([("jump twice", "I_JUMP I_JUMP"), ("jump", "I_JUMP")]),
+             "second": rows([("jump", "I_JUMP"), ("walk left", "I_TURN_LEFT I_WALK")])}
+    asked = []
+
+    def predict(dataset, **kwargs):
+        commands = [tokenizer.decode(ids, skip_special_tokens=True) for ids in dataset["input_ids"]]
+        asked.append(commands)
+        outputs = [tokenizer(text_target=answers[c])["input_ids"] for c in commands]
+        width = max(map(len, outputs))  # padded with -100, as Seq2SeqTrainer pads them
+        return SimpleNamespace(predictions=np.array([ids + [-100] * (width - len(ids)) for ids in outputs]))
+
+    accuracy = exact_match(SimpleNamespace(predict=predict), tests, tokenizer)
+    assert asked == [["jump", "jump twice", "walk left"]]
+    assert accuracy == {"first": 0.5, "second": 1.0}
 
 
 def test_tiny_experiment_runs_every_stage_through_the_cli(capsys, tmp_path):
