@@ -94,6 +94,8 @@ def main() -> None:
     parser.add_argument("--symmetrizations", help="comma-separated registered methods to compare (default: all; "
                         "'' for none: only the experiment's variants)")
     parser.add_argument("--finetune-epochs", type=float, help="override the experiment's (0: zero-shot only)")
+    parser.add_argument("--max-eval-examples", type=lambda v: None if v == "all" else int(v), default=False,
+                        help="override the experiment's sample of each test set ('all': the full test sets)")
     parser.add_argument("--out", default="docs/results/scan.md")
     parser.add_argument("--rows-json", help="also write every result row (per seed and stage) as JSON here")
     args = parser.parse_args()
@@ -103,6 +105,8 @@ def main() -> None:
     all_rows = {}
     for name in args.experiments.split(","):
         config = dataclasses.replace(EXPERIMENTS[name], seeds=tuple(int(s) for s in args.seeds.split(",")))
+        if args.max_eval_examples is not False:
+            config = dataclasses.replace(config, max_eval_examples=args.max_eval_examples)
         if args.finetune_epochs is not None:
             config = dataclasses.replace(config, finetune_epochs=args.finetune_epochs)
         if args.symmetrizations is not None:
