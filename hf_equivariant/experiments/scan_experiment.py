@@ -1,7 +1,7 @@
 """The SCAN experiment of the paper, with `Seq2SeqTrainer`: pretrain, symmetrise, fine-tune, evaluate.
 
 For each seed: (a) pretrain a small BART from scratch on the split's training set, (b) evaluate it,
-(c) wrap it with equitune and with multi_equitune and evaluate zero-shot, (d) fine-tune through each
+(c) wrap it with each method compared and each variant and evaluate zero-shot, (d) fine-tune through each
 wrapper for a short schedule and evaluate again. The metric is exact-match sequence accuracy of greedy
 generation on each test set; wall time and inner forward passes per example are recorded too.
 """
@@ -123,12 +123,12 @@ def exact_match(trainer: Seq2SeqTrainer, tests: dict[str, Dataset], tokenizer) -
     rows = sorted(distinct.values(), key=lambda row: len(row["labels"]))
     output = trainer.predict(Dataset.from_list(rows), num_beams=1, do_sample=False)
     predictions = tokenizer.batch_decode(torch.as_tensor(output.predictions).clamp(min=0), skip_special_tokens=True)
-    predicted = {tuple(row["input_ids"]): text.split() for row, text in zip(rows, predictions)}
-
-    def correct(row) -> bool:
-        return predicted[tuple(row["input_ids"])] == tokenizer.decode(row["labels"], skip_special_tokens=True).split()
-
-    return {name: sum(map(correct, test_set)) / len(test_set) for name, test_set in tests.items()}
+    targets = tokenizer.batch_decode([row["labels"] for row in rows], skip_special_tokens=True)
+    # a command's target is a function of the command: one verdict per distinct command serves every test set
+    correct = {tuple(row["input_ids"]): text.split() == target.split()
+               for row, text, target in zip(rows, predictions, targets)}
+    return {name: sum(correct[tuple(ids)] for ids in test_set["input_ids"]) / len(test_set)
+            for name, test_set in tests.items()}
 
 
 def run_seed(config: ScanExperiment, seed: int) -> list[dict]:
