@@ -149,6 +149,11 @@ def gap_templates(count: int) -> dict[str, str]:
     return {c: TEMPLATES[c] for c in alternate[:count]}
 
 
+def class_zero(groups) -> str:
+    """The first word of each factor's class 0, as the reports write them."""
+    return ", ".join(group.classes[0][0] for group in groups)
+
+
 def class_zero_choices(groups) -> list[list]:
     """Every choice of class 0, one class per factor, as the groups with those classes listed first."""
     return [[group.with_class_first(words[0]) for group, words in zip(groups, pick)]
@@ -169,7 +174,7 @@ def cross_validated_class_order(base, tokenizer, groups, held_out, train, consis
     half_ppl = [[pooled_perplexity([loss[i] for i in half]) for half in halves] for loss in losses]
     lines = ["| class 0 of each factor | multi_equitune perplexity | even half | odd half |",
              "| --- | ---: | ---: | ---: |"]
-    lines += [f"| {', '.join(g.classes[0][0] for g in choice)} | {pooled_perplexity(loss):.2f} | {even:.2f} | "
+    lines += [f"| {class_zero(choice)} | {pooled_perplexity(loss):.2f} | {even:.2f} | "
               f"{odd:.2f} |" for choice, loss, (even, odd) in zip(choices, losses, half_ppl)]
     multi, lam, picked, agree = [], [], [], []
     for fold, other in enumerate(halves[::-1]):  # choose on half `fold`, measure on the other
@@ -181,7 +186,7 @@ def cross_validated_class_order(base, tokenizer, groups, held_out, train, consis
         multi += [losses[best][i] for i in other]
         lam += text_losses(model.eval(), tokenizer, [held_out[i] for i in other])
         agree.append(f"{100 * consistency_of(model):.1f}%")
-        picked.append(", ".join(g.classes[0][0] for g in choices[best]))
+        picked.append(class_zero(choices[best]))
     lines += ["", f"Cross-validated (class 0 chosen on the even half: {picked[0]}; on the odd half: {picked[1]}): "
               f"multi_equitune {pooled_perplexity(multi):.2f}, multi_lambda_equitune (branch-weighted, trained) "
               f"{pooled_perplexity(lam):.2f} (consistency of the two trained models: {', '.join(agree)})."]
@@ -269,7 +274,7 @@ def main() -> None:
         f"(sampled in {seconds['sample']:.0f} s); lambda heads trained {args.steps} steps of {args.batch_size} "
         f"(AdamW, lr {args.learning_rate}, inner model frozen){': ' + trained if trained else ''}; "
         f"{len(held_out)} held-out sentences; class 0 of each factor: "
-        f"{'cross-validated (below)' if args.class_first == 'cv' else ', '.join(g.classes[0][0] for g in groups)}; "
+        f"{'cross-validated (below)' if args.class_first == 'cv' else class_zero(groups)}; "
         f"model load {seconds['load']:.0f} s; one thread; training texts sha1 "
         f"{hashlib.sha1(chr(0).join(texts).encode()).hexdigest()[:12]}.",
         "",
