@@ -166,7 +166,7 @@ def test_two_process_data_parallel_training_keeps_replicas_equal_and_equivariant
     tests = Path(__file__).parent  # and the library under test, not an installed copy
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)])}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
          str(script), str(tmp_path)],
         capture_output=True, text=True, env=env, timeout=600,
     )
