@@ -383,6 +383,10 @@ def test_check_an_image_model_on_digits_and_image_files(vision_dirs, tmp_path, c
     assert code == 0 and out.strip().endswith("for all 8 elements (4 images against 2 texts, equitune)"), err
     code, out, err = run_cli(["check", "--model", vision_dirs["siglip"]], capsys)
     assert code == 0 and out.strip().endswith("for all 8 elements (4 images against 10 texts, equizero)"), err
+    long_text = " ".join(["a photo of the digit 3"] * 20)  # 121 tokens: truncated to 64, as the pipeline does
+    code, out, err = run_cli(["check", "--model", vision_dirs["siglip"], "--prompt", long_text, "--prompt", "a cat"],
+                             capsys)
+    assert code == 0 and out.strip().endswith("for all 8 elements (4 images against 2 texts, equizero)"), err
 
 
 def test_check_reports_an_image_model_that_is_not_invariant(vision_dirs, capsys, monkeypatch):

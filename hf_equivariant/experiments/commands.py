@@ -389,9 +389,10 @@ def check_image_model(args) -> None:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         prompts = args.prompt or CLIP_CHECK_TEXTS
-        # texts padded as the zero-shot pipeline pads them for the model (SigLIP was trained on 64 padded tokens)
+        # texts tokenised as the zero-shot pipeline tokenises them for the model (SigLIP was trained on 64 padded
+        # tokens, and the pipeline truncates longer texts to them)
         siglip = "siglip" in model.config.model_type
-        padding = dict(padding="max_length", max_length=64) if siglip else dict(padding=True)
+        padding = dict(padding="max_length", max_length=64, truncation=True) if siglip else dict(padding=True)
         inputs.update(tokenizer(prompts, return_tensors="pt", **padding))
         texts = f" against {len(prompts)} texts"
     try:
