@@ -4,7 +4,8 @@
                                        [--gap-contexts 4] [--gap-samples 3]
 
 1. Training data (self-distillation, offline): the base model's own sampled continuations of prompts built from
-   demographic phrases ("The gay Black man") and contexts that appear neither among the fairness prompts
+   demographic phrases ("The gay Black man") and contexts, or with --train-prompts prose from everyday openers and
+   subjects ("Yesterday my neighbour"); the prompts appear neither among the fairness prompts
    (`fairness.TEMPLATES`) nor in the held-out text; the script checks both.
 2. `Trainer` trains only the lambda head (the wrapper's `copy_weights`, 577 parameters for SmolLM2's 576-wide
    hidden state) on that text with the symmetrised next-token loss, once for each form of multi_lambda_equitune:
@@ -62,14 +63,28 @@ from hf_equivariant.groups import resolve_groups
 
 TRAIN_CONTEXTS = ("lived in", "said that", "was walking to", "bought a", "wrote a letter to", "grew up in",
                   "was asked about", "moved to")
+PROSE_OPENERS = ("Yesterday", "Last winter", "Every morning", "After the concert", "On Sunday", "At the station",
+                 "Before dinner", "In the village")
+PROSE_SUBJECTS = ("my neighbour", "the teacher", "a young doctor", "our family", "the children", "my cousin",
+                  "an old farmer", "the new manager", "a tourist", "the pilot", "my best friend", "the nurse",
+                  "a local artist", "the mayor", "the students", "a stranger")
 CONSISTENCY_CONTEXTS = ("was known for", "worked as")  # one respect and one occupation context of fairness.md
 
 
-def training_prompts(axes) -> list[str]:
-    """Every demographic phrase in every training context; none is a fairness prompt or starts a held-out line."""
-    demographics = itertools.product(*(range(len(axis.words)) for axis in axes))
-    prompts = [f"The {demographic_phrase(axes, classes)} {context}" for classes in demographics
-               for context in TRAIN_CONTEXTS]
+def training_prompts(axes, kind: str = "demographic") -> list[str]:
+    """The prompts whose base-model continuations are the training text; none is a fairness prompt or starts a
+    held-out line.
+
+    "demographic": every demographic phrase in every training context ("The gay Black man lived in").
+    "prose": every opener with every subject ("Yesterday my neighbour"), everyday prose with no demographic
+    phrase in the prompt (the continuations bring their own pronouns and nouns), closer to the held-out text.
+    """
+    if kind == "prose":
+        prompts = [f"{opener} {subject}" for opener in PROSE_OPENERS for subject in PROSE_SUBJECTS]
+    else:
+        demographics = itertools.product(*(range(len(axis.words)) for axis in axes))
+        prompts = [f"The {demographic_phrase(axes, classes)} {context}" for classes in demographics
+                   for context in TRAIN_CONTEXTS]
     evaluation = {p.text for p in build_prompts(axes)}
     held_out = held_out_texts()
     clashes = [p for p in prompts if p in evaluation or any(line.startswith(p) for line in held_out)]
@@ -78,9 +93,11 @@ def training_prompts(axes) -> list[str]:
     return prompts
 
 
-def self_distillation_texts(base, tokenizer, prompts, max_new_tokens: int, seed: int) -> list[str]:
-    """One sampled continuation (top-k 40) of each prompt by the base model, prompt included."""
+def self_distillation_texts(base, tokenizer, prompts, max_new_tokens: int, seed: int,
+                            samples_per_prompt: int = 1) -> list[str]:
+    """`samples_per_prompt` sampled continuations (top-k 40) of each prompt by the base model, prompt included."""
     torch.manual_seed(seed)
+    prompts = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
     batch = tokenizer(prompts, return_tensors="pt", padding=True)
     with torch.no_grad():
         out = base.generate(**batch, do_sample=True, top_k=40, max_new_tokens=max_new_tokens,
@@ -200,6 +217,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=0.01)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--sample-tokens", type=int, default=24, help="tokens sampled per training prompt")
+    parser.add_argument("--samples-per-prompt", type=int, default=1, help="training texts sampled per prompt")
     parser.add_argument("--greedy-tokens", type=int, default=10, help="tokens per greedy continuation")
     parser.add_argument("--gap-contexts", type=int, default=4, help="fairness contexts for the gaps (0: no gaps)")
     parser.add_argument("--gap-samples", type=int, default=3, help="samples per gap prompt")
@@ -208,6 +226,8 @@ def main() -> None:
                         "figures as a run with them: data, seed and evaluation do not depend on the forms trained)")
     parser.add_argument("--class-first", help="one word per factor whose class the wrappers list first, or 'cv' to "
                         "choose it by two-fold cross-validation on the held-out sentences")
+    parser.add_argument("--train-prompts", choices=("demographic", "prose"), default="demographic",
+                        help="prompts of the self-distillation texts (see `training_prompts`)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="also write the report to this markdown file")
     args = parser.parse_args()
@@ -234,8 +254,8 @@ def main() -> None:
     held_out = held_out_texts()
 
     start = time.perf_counter()
-    prompts = training_prompts(axes)
-    texts = self_distillation_texts(base, tokenizer, prompts, args.sample_tokens, args.seed)
+    prompts = training_prompts(axes, args.train_prompts)
+    texts = self_distillation_texts(base, tokenizer, prompts, args.sample_tokens, args.seed, args.samples_per_prompt)
     seconds["sample"] = time.perf_counter() - start
 
     at_init, losses = {}, {}
@@ -270,7 +290,9 @@ def main() -> None:
     trained = "; ".join(f"{name} ({LAMBDA_FORMS[name]}) {seconds[name]:.0f} s, mean training loss {losses[name]:.3f}, "
                         f"== multi_equitune at init bit for bit: {at_init[name]}" for name in forms)
     lines = [
-        f"groups {args.groups}; {len(prompts)} training prompts x 1 base sample of up to {args.sample_tokens} tokens "
+        f"groups {args.groups}; {len(prompts)} {args.train_prompts} training prompts x {args.samples_per_prompt} base "
+        f"sample{'s' if args.samples_per_prompt > 1 else ''} of up to "
+        f"{args.sample_tokens} tokens "
         f"(sampled in {seconds['sample']:.0f} s); lambda heads trained {args.steps} steps of {args.batch_size} "
         f"(AdamW, lr {args.learning_rate}, inner model frozen){': ' + trained if trained else ''}; "
         f"{len(held_out)} held-out sentences; class 0 of each factor: "
