@@ -363,3 +363,25 @@ def test_lambda_weights_do_not_build_log_probabilities(tokenizer):
         logits(model, **tokenizer(PROMPTS, return_tensors="pt", padding=True))
     assert "log_probs" not in vars(seen["multi_lambda_equitune"])
     assert "log_probs" in vars(seen["multi_equizero"])  # control: equizero's proxy loss reads them
+
+
+@pytest.mark.parametrize("kind", ["demographic", "prose"])
+def test_lambda_fairness_training_prompts_stay_out_of_the_evaluation_text(kind, monkeypatch):
+    """examples/lambda_fairness.py self-distils on prompts that are neither fairness prompts nor the start of a
+    held-out sentence, for both kinds of prompts, and stops on one that is."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import lambda_fairness
+
+    from hf_equivariant.experiments.fairness import axes_by_name
+
+    axes = axes_by_name(["gender", "race", "sexual_orientation"])
+    prompts = lambda_fairness.training_prompts(axes, kind)
+    assert len(prompts) == len(set(prompts)) == 128
+    monkeypatch.setattr(lambda_fairness, "PROSE_OPENERS", ("The",))
+    monkeypatch.setattr(lambda_fairness, "PROSE_SUBJECTS", ("woman who",))  # the first held-out sentence starts so
+    monkeypatch.setattr(lambda_fairness, "TRAIN_CONTEXTS", ("worked as",))  # a fairness context
+    with pytest.raises(SystemExit, match="overlap the evaluation set"):
+        lambda_fairness.training_prompts(axes, kind)
