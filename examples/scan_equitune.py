@@ -7,7 +7,8 @@ Experiments (mean and std of exact-match accuracy over the seeds):
   addprim_jump           SCAN add-primitive "jump" split, group SCAN_VERBS (C4 over jump/run/walk/look)
   template_around_right  SCAN template split, group SCAN_DIRECTIONS (left <-> right)
   scan_ii                SCAN-II, verb x left/right x up/down (equitune 8 passes, multi_equitune 6)
-  scan_ii_canonical_class  SCAN-II: multi_equitune canonicalising to the held-out or to the seen words
+  scan_ii_canonical_class  SCAN-II: multi_equitune and multi_lambda_equitune canonicalising to the held-out or
+                           to the seen words (--variants picks which methods get the seen-first variant)
 Runs on CPU (about an hour per SCAN experiment with 3 seeds on 2 cores) and on a GPU when there is one.
 """
 
@@ -27,6 +28,8 @@ import torch
 from hf_equivariant import presets
 from hf_equivariant.experiments.scan_experiment import ScanExperiment, results_table, run
 
+SCAN_II_SEEN_FIRST = (presets.SCAN_II_VERBS.with_class_first("run"), presets.SCAN_DIRECTIONS.with_class_first("right"),
+                      presets.SCAN_II_UP_DOWN.with_class_first("down"))
 EXPERIMENTS = {
     # canonicalize sends the first verb's class to class 0, which the preset lists first: jump, the held-out verb.
     # The variant lists a verb the model saw in composition first.
@@ -47,9 +50,8 @@ EXPERIMENTS = {
     "scan_ii_canonical_class": ScanExperiment(
         split="scan_ii", groups=("scan_ii_verbs", "scan_directions", "scan_ii_up_down"), pretrain_epochs=2.5,
         finetune_epochs=0.25, max_eval_examples=1000, symmetrizations=("equitune", "multi_equitune"),
-        variants=(("multi_equitune (seen class first)", "multi_equitune",
-                   (presets.SCAN_II_VERBS.with_class_first("run"), presets.SCAN_DIRECTIONS.with_class_first("right"),
-                    presets.SCAN_II_UP_DOWN.with_class_first("down"))),),
+        variants=tuple((f"{method} (seen class first)", method, SCAN_II_SEEN_FIRST)
+                       for method in ("multi_equitune", "multi_lambda_equitune")),
     ),
 }
 
@@ -93,6 +95,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--symmetrizations", help="comma-separated registered methods to compare (default: all; "
                         "'' for none: only the experiment's variants)")
+    parser.add_argument("--variants", help="comma-separated methods whose variants to run (default: every variant; "
+                        "'' for none)")
     parser.add_argument("--finetune-epochs", type=float, help="override the experiment's (0: zero-shot only)")
     parser.add_argument("--max-eval-examples", type=lambda v: None if v == "all" else int(v), default=False,
                         help="override the experiment's sample of each test set ('all': the full test sets)")
@@ -111,6 +115,9 @@ def main() -> None:
             config = dataclasses.replace(config, finetune_epochs=args.finetune_epochs)
         if args.symmetrizations is not None:
             config = dataclasses.replace(config, symmetrizations=tuple(filter(None, args.symmetrizations.split(","))))
+        if args.variants is not None:
+            methods = args.variants.split(",")
+            config = dataclasses.replace(config, variants=tuple(v for v in config.variants if v[1] in methods))
         start = time.perf_counter()
         rows = run(config)
         text = section(name, config, rows, time.perf_counter() - start, command, device_name())
