@@ -1,7 +1,8 @@
 """multi_lambda_equitune on SmolLM2: train the lambda heads (inner model frozen) by self-distillation, then compare.
 
     python examples/lambda_fairness.py [--groups gender,race,sexual_orientation] [--steps 40] [--out FILE]
-                                       [--gap-contexts 4] [--gap-samples 3]
+                                       [--gap-contexts 4] [--gap-samples 3] [--train-prompts prose]
+                                       [--samples-per-prompt 1]
 
 1. Training data (self-distillation, offline): the base model's own sampled continuations of prompts built from
    demographic phrases ("The gay Black man") and contexts, or with --train-prompts prose from everyday openers and
@@ -88,7 +89,9 @@ def training_prompts(axes, kind: str = "demographic") -> list[str]:
     evaluation = {p.text for p in build_prompts(axes)}
     held_out = held_out_texts()
     clashes = [p for p in prompts if p in evaluation or any(line.startswith(p) for line in held_out)]
-    if clashes or set(TRAIN_CONTEXTS) & set(TEMPLATES):
+    if kind == "demographic":
+        clashes += sorted(set(TRAIN_CONTEXTS) & set(TEMPLATES))
+    if clashes:
         raise SystemExit(f"training prompts overlap the evaluation set: {clashes}")
     return prompts
 
@@ -217,7 +220,8 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=0.01)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--sample-tokens", type=int, default=24, help="tokens sampled per training prompt")
-    parser.add_argument("--samples-per-prompt", type=int, default=1, help="training texts sampled per prompt")
+    parser.add_argument("--samples-per-prompt", type=int, default=1, choices=range(1, 65), metavar="1..64",
+                        help="training texts sampled per prompt")
     parser.add_argument("--greedy-tokens", type=int, default=10, help="tokens per greedy continuation")
     parser.add_argument("--gap-contexts", type=int, default=4, help="fairness contexts for the gaps (0: no gaps)")
     parser.add_argument("--gap-samples", type=int, default=3, help="samples per gap prompt")

@@ -7,8 +7,8 @@ Experiments (mean and std of exact-match accuracy over the seeds):
   addprim_jump           SCAN add-primitive "jump" split, group SCAN_VERBS (C4 over jump/run/walk/look)
   template_around_right  SCAN template split, group SCAN_DIRECTIONS (left <-> right)
   scan_ii                SCAN-II, verb x left/right x up/down (equitune 8 passes, multi_equitune 6)
-  scan_ii_canonical_class  SCAN-II: multi_equitune and multi_lambda_equitune canonicalising to the held-out or
-                           to the seen words (--variants picks which methods get the seen-first variant)
+  scan_ii_canonical_class  SCAN-II: equitune, multi_equitune (held-out words first, the presets) and the seen
+                           words first for multi_equitune and multi_lambda_equitune (--variants picks which)
 Runs on CPU (about an hour per SCAN experiment with 3 seeds on 2 cores) and on a GPU when there is one.
 """
 
@@ -116,7 +116,11 @@ def main() -> None:
         if args.symmetrizations is not None:
             config = dataclasses.replace(config, symmetrizations=tuple(filter(None, args.symmetrizations.split(","))))
         if args.variants is not None:
-            methods = args.variants.split(",")
+            methods = [m.strip() for m in args.variants.split(",") if m.strip()]
+            unknown = set(methods) - {method for _, method, _ in config.variants}
+            if unknown:
+                parser.error(f"--variants: {name} has no variant of {', '.join(sorted(unknown))}; its variants: "
+                             f"{', '.join(method for _, method, _ in config.variants) or 'none'}")
             config = dataclasses.replace(config, variants=tuple(v for v in config.variants if v[1] in methods))
         start = time.perf_counter()
         rows = run(config)

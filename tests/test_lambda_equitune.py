@@ -369,10 +369,9 @@ def test_lambda_weights_do_not_build_log_probabilities(tokenizer):
 def test_lambda_fairness_training_prompts_stay_out_of_the_evaluation_text(kind, monkeypatch):
     """examples/lambda_fairness.py self-distils on prompts that are neither fairness prompts nor the start of a
     held-out sentence, for both kinds of prompts, and stops on one that is."""
-    import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
     import lambda_fairness
 
     from hf_equivariant.experiments.fairness import axes_by_name
@@ -380,8 +379,12 @@ def test_lambda_fairness_training_prompts_stay_out_of_the_evaluation_text(kind, 
     axes = axes_by_name(["gender", "race", "sexual_orientation"])
     prompts = lambda_fairness.training_prompts(axes, kind)
     assert len(prompts) == len(set(prompts)) == 128
-    monkeypatch.setattr(lambda_fairness, "PROSE_OPENERS", ("The",))
-    monkeypatch.setattr(lambda_fairness, "PROSE_SUBJECTS", ("woman who",))  # the first held-out sentence starts so
-    monkeypatch.setattr(lambda_fairness, "TRAIN_CONTEXTS", ("worked as",))  # a fairness context
-    with pytest.raises(SystemExit, match="overlap the evaluation set"):
+    if kind == "prose":  # the first held-out sentence starts so
+        monkeypatch.setattr(lambda_fairness, "PROSE_OPENERS", ("The",))
+        monkeypatch.setattr(lambda_fairness, "PROSE_SUBJECTS", ("woman who",))
+        clash = "The woman who"
+    else:  # a fairness context: "The gay Black man worked as" is a fairness prompt
+        monkeypatch.setattr(lambda_fairness, "TRAIN_CONTEXTS", ("worked as",))
+        clash = "The gay Black man worked as"
+    with pytest.raises(SystemExit, match=f"overlap the evaluation set: .*'{clash}'"):
         lambda_fairness.training_prompts(axes, kind)

@@ -392,8 +392,8 @@ def check_image_model(args) -> None:
         # texts tokenised as the zero-shot pipeline tokenises them for the model (SigLIP was trained on 64 padded
         # tokens, and the pipeline truncates longer texts to them)
         siglip = "siglip" in model.config.model_type
-        padding = dict(padding="max_length", max_length=64, truncation=True) if siglip else dict(padding=True)
-        inputs.update(tokenizer(prompts, return_tensors="pt", **padding))
+        text_kwargs = dict(padding="max_length", max_length=64, truncation=True) if siglip else dict(padding=True)
+        inputs.update(tokenizer(prompts, return_tensors="pt", **text_kwargs))
         texts = f" against {len(prompts)} texts"
     try:
         errors = check_equivariance(model, inputs, atol=args.atol)
