@@ -8,7 +8,7 @@ Experiments (mean and std of exact-match accuracy over the seeds):
   template_around_right  SCAN template split, group SCAN_DIRECTIONS (left <-> right)
   scan_ii                SCAN-II, verb x left/right x up/down (equitune 8 passes, multi_equitune 6)
   scan_ii_canonical_class  SCAN-II: equitune, multi_equitune (held-out words first, the presets) and the seen
-                           words first for multi_equitune and multi_lambda_equitune (--variants picks which)
+                           words first for each multi method (--variants picks which)
 Runs on CPU (about an hour per SCAN experiment with 3 seeds on 2 cores) and on a GPU when there is one.
 """
 
@@ -51,7 +51,7 @@ EXPERIMENTS = {
         split="scan_ii", groups=("scan_ii_verbs", "scan_directions", "scan_ii_up_down"), pretrain_epochs=2.5,
         finetune_epochs=0.25, max_eval_examples=1000, symmetrizations=("equitune", "multi_equitune"),
         variants=tuple((f"{method} (seen class first)", method, SCAN_II_SEEN_FIRST)
-                       for method in ("multi_equitune", "multi_lambda_equitune")),
+                       for method in ("multi_equitune", "multi_equizero", "multi_lambda_equitune")),
     ),
 }
 
