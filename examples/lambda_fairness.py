@@ -2,7 +2,7 @@
 
     python examples/lambda_fairness.py [--groups gender,race,sexual_orientation] [--steps 40] [--out FILE]
                                        [--gap-contexts 4] [--gap-samples 3] [--train-prompts prose]
-                                       [--samples-per-prompt 1]
+                                       [--samples-per-prompt 1] [--eval-every 20]
 
 1. Training data (self-distillation, offline): the base model's own sampled continuations of prompts built from
    demographic phrases ("The gay Black man") and contexts, or with --train-prompts prose from everyday openers and
@@ -11,7 +11,9 @@
 2. `Trainer` trains only the lambda head (the wrapper's `copy_weights`, 577 parameters for SmolLM2's 576-wide
    hidden state) on that text with the symmetrised next-token loss, once for each form of multi_lambda_equitune:
    branch_weights "fixed" (lambda normalised within each factor's branch, 1/N per branch) and "lambda" (the
-   branches weighed by their mean lambda), from the same data, seed and steps.
+   branches weighed by their mean lambda), from the same data, seed and steps. With --eval-every K the step count
+   is chosen on self-distilled validation text (other prompts, VALIDATION_CONTEXTS or VALIDATION_OPENERS, sampled
+   with seed + 1): the loss on it is measured every K steps and the best step's head is kept.
 3. Held-out perplexity (the sentences of hf_equivariant/experiments/data/fairness_heldout.txt, as in fairness.md)
    of the base model, equitune, multi_equitune and both trained forms (at init each is multi_equitune: checked),
    with the passes per token (copies per input row, and the distinct inner rows deduplication actually ran per
@@ -69,30 +71,38 @@ PROSE_OPENERS = ("Yesterday", "Last winter", "Every morning", "After the concert
 PROSE_SUBJECTS = ("my neighbour", "the teacher", "a young doctor", "our family", "the children", "my cousin",
                   "an old farmer", "the new manager", "a tourist", "the pilot", "my best friend", "the nurse",
                   "a local artist", "the mayor", "the students", "a stranger")
+# the validation prompts of --eval-every (the step count is chosen on their texts): other contexts and openers
+VALIDATION_CONTEXTS = ("talked to", "visited", "was born in", "read a book about")
+VALIDATION_OPENERS = ("Late last night", "During the storm", "On the way home", "At the market")
 CONSISTENCY_CONTEXTS = ("was known for", "worked as")  # one respect and one occupation context of fairness.md
 
 
-def training_prompts(axes, kind: str = "demographic") -> list[str]:
-    """The prompts whose base-model continuations are the training text; none is a fairness prompt or starts a
-    held-out line.
+def training_prompts(axes, kind: str = "demographic", split: str = "train") -> list[str]:
+    """The prompts whose base-model continuations are the training (or, with split "validation", the validation)
+    text; none is a fairness prompt or starts a held-out line, and the two splits share no prompt.
 
     "demographic": every demographic phrase in every training context ("The gay Black man lived in").
     "prose": every opener with every subject ("Yesterday my neighbour"), everyday prose with no demographic
     phrase in the prompt (the continuations bring their own pronouns and nouns), closer to the held-out text.
+    The validation split uses VALIDATION_CONTEXTS or VALIDATION_OPENERS instead.
     """
+    contexts = {"train": TRAIN_CONTEXTS, "validation": VALIDATION_CONTEXTS}[split]
+    openers = {"train": PROSE_OPENERS, "validation": VALIDATION_OPENERS}[split]
     if kind == "prose":
-        prompts = [f"{opener} {subject}" for opener in PROSE_OPENERS for subject in PROSE_SUBJECTS]
+        prompts = [f"{opener} {subject}" for opener in openers for subject in PROSE_SUBJECTS]
     else:
         demographics = itertools.product(*(range(len(axis.words)) for axis in axes))
         prompts = [f"The {demographic_phrase(axes, classes)} {context}" for classes in demographics
-                   for context in TRAIN_CONTEXTS]
+                   for context in contexts]
     evaluation = {p.text for p in build_prompts(axes)}
     held_out = held_out_texts()
     clashes = [p for p in prompts if p in evaluation or any(line.startswith(p) for line in held_out)]
     if kind == "demographic":
-        clashes += sorted(set(TRAIN_CONTEXTS) & set(TEMPLATES))
+        clashes += sorted(set(contexts) & set(TEMPLATES))
     if clashes:
-        raise SystemExit(f"training prompts overlap the evaluation set: {clashes}")
+        raise SystemExit(f"{split} prompts overlap the evaluation set: {clashes}")
+    if set(TRAIN_CONTEXTS) & set(VALIDATION_CONTEXTS) or set(PROSE_OPENERS) & set(VALIDATION_OPENERS):
+        raise SystemExit("training and validation prompts overlap")
     return prompts
 
 
@@ -110,21 +120,47 @@ def self_distillation_texts(base, tokenizer, prompts, max_new_tokens: int, seed:
             zip(prompts, continuation_ids(out, batch["input_ids"].shape[1], stop))]
 
 
-def train_head(model, tokenizer, texts, steps: int, learning_rate: float, batch_size: int, seed: int):
-    """`Trainer` on the symmetrised loss with the inner model frozen: only the lambda head learns."""
+def train_head(model, tokenizer, texts, steps: int, learning_rate: float, batch_size: int, seed: int,
+               validation_texts=(), eval_every: int = 0):
+    """`Trainer` on the symmetrised loss with the inner model frozen: only the lambda head learns.
+
+    With `validation_texts` and `eval_every`, the symmetrised loss on the validation texts is measured every
+    `eval_every` steps and the head of the best of those steps is kept (Trainer's `load_best_model_at_end`):
+    `steps` is then the most steps trained. Returns the mean training loss and the Trainer's state (its
+    `log_history`, `best_global_step` and `best_metric`).
+    """
     model.model.requires_grad_(False)
     right = tokenizer.padding_side
     tokenizer.padding_side = "right"  # training batches: positions do not shift with the padding
-    data = Dataset.from_dict({"text": texts}).map(lambda x: tokenizer(x["text"]), remove_columns=["text"])
-    args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch_size, max_steps=steps,
-        learning_rate=learning_rate, lr_scheduler_type="constant", weight_decay=0.0, report_to=[], use_cpu=True,
-        seed=seed, save_strategy="no", disable_tqdm=True, logging_steps=max(1, steps // 4),
-    )
+
+    def tokenized(strings):
+        return Dataset.from_dict({"text": list(strings)}).map(lambda x: tokenizer(x["text"]), remove_columns=["text"])
+
+    select = bool(validation_texts) and eval_every > 0
+    strategy = "steps" if select else "no"
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
-    result = Trainer(model=model, args=args, train_dataset=data, data_collator=collator).train()
+    with tempfile.TemporaryDirectory() as output_dir:  # its checkpoints hold the whole inner model
+        args = TrainingArguments(
+            output_dir=output_dir, per_device_train_batch_size=batch_size, max_steps=steps,
+            learning_rate=learning_rate, lr_scheduler_type="constant", weight_decay=0.0, report_to=[], use_cpu=True,
+            seed=seed, disable_tqdm=True, logging_steps=max(1, steps // 4), eval_strategy=strategy,
+            eval_steps=eval_every or None, save_strategy=strategy, save_steps=eval_every or None, save_total_limit=1,
+            save_only_model=True, load_best_model_at_end=select, metric_for_best_model="eval_loss",
+            prediction_loss_only=True, per_device_eval_batch_size=batch_size,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=tokenized(texts),
+                          eval_dataset=tokenized(validation_texts) if select else None, data_collator=collator)
+        result = trainer.train()
     tokenizer.padding_side = right
-    return result.training_loss
+    return result.training_loss, trainer.state
+
+
+def step_choice(state) -> str:
+    """The step Trainer kept and the validation loss at every measured step, for the report ("" without them)."""
+    curve = ", ".join(f"{log['step']}: {log['eval_loss']:.4f}" for log in state.log_history if "eval_loss" in log)
+    if not curve:
+        return ""
+    return f"kept step {state.best_global_step} of {state.max_steps} (validation loss by step: {curve})"
 
 
 def inner_rows_per_input(model, tokenizer, texts) -> float:
@@ -183,8 +219,8 @@ def class_zero_choices(groups) -> list[list]:
 def cross_validated_class_order(base, tokenizer, groups, held_out, train, consistency_of) -> list[str]:
     """Markdown lines: held-out perplexity of multi_equitune for every choice of class 0 (whole set and halves),
     and the two-fold cross-validated perplexity of multi_equitune and of a trained multi_lambda_equitune
-    (`train(model)` trains its head; `consistency_of(model)` measures it) with class 0 chosen on the other half.
-    The folds are the even and odd sentences."""
+    (`train(model)` trains its head and returns `step_choice`'s line; `consistency_of(model)` measures it) with
+    class 0 chosen on the other half. The folds are the even and odd sentences."""
     choices = class_zero_choices(groups)
     halves = [range(0, len(held_out), 2), range(1, len(held_out), 2)]
     with warnings.catch_warnings():
@@ -196,13 +232,13 @@ def cross_validated_class_order(base, tokenizer, groups, held_out, train, consis
              "| --- | ---: | ---: | ---: |"]
     lines += [f"| {class_zero(choice)} | {pooled_perplexity(loss):.2f} | {even:.2f} | "
               f"{odd:.2f} |" for choice, loss, (even, odd) in zip(choices, losses, half_ppl)]
-    multi, lam, picked, agree = [], [], [], []
+    multi, lam, picked, agree, choices_of_steps = [], [], [], [], []
     for fold, other in enumerate(halves[::-1]):  # choose on half `fold`, measure on the other
         best = min(range(len(choices)), key=lambda c: half_ppl[c][fold])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = make_equivariant(base, choices[best], tokenizer, "multi_lambda_equitune")
-        train(model)
+        choices_of_steps.append(train(model))
         multi += [losses[best][i] for i in other]
         lam += text_losses(model.eval(), tokenizer, [held_out[i] for i in other])
         agree.append(f"{100 * consistency_of(model):.1f}%")
@@ -210,13 +246,16 @@ def cross_validated_class_order(base, tokenizer, groups, held_out, train, consis
     lines += ["", f"Cross-validated (class 0 chosen on the even half: {picked[0]}; on the odd half: {picked[1]}): "
               f"multi_equitune {pooled_perplexity(multi):.2f}, multi_lambda_equitune (branch-weighted, trained) "
               f"{pooled_perplexity(lam):.2f} (consistency of the two trained models: {', '.join(agree)})."]
+    lines += [f"Fold {fold} head: {choice}." for fold, choice in enumerate(choices_of_steps) if choice]
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--groups", default="gender,race,sexual_orientation")
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=40, help="training steps (with --eval-every: the most)")
+    parser.add_argument("--eval-every", type=int, default=0, help="measure the loss on self-distilled validation "
+                        "texts (other prompts, another seed) every this many steps and keep the best step's head")
     parser.add_argument("--learning-rate", type=float, default=0.01)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--sample-tokens", type=int, default=24, help="tokens sampled per training prompt")
@@ -260,9 +299,11 @@ def main() -> None:
     start = time.perf_counter()
     prompts = training_prompts(axes, args.train_prompts)
     texts = self_distillation_texts(base, tokenizer, prompts, args.sample_tokens, args.seed, args.samples_per_prompt)
+    validation = (self_distillation_texts(base, tokenizer, training_prompts(axes, args.train_prompts, "validation"),
+                                          args.sample_tokens, args.seed + 1) if args.eval_every else [])
     seconds["sample"] = time.perf_counter() - start
 
-    at_init, losses = {}, {}
+    at_init, losses, steps_kept = {}, {}, {}
     ids = tokenizer(held_out[:4], return_tensors="pt", padding=True)
     with torch.no_grad():
         uniform = models["multi_equitune"](**ids).logits
@@ -273,7 +314,9 @@ def main() -> None:
         with torch.no_grad():
             at_init[name] = torch.equal(lam(**ids).logits, uniform)
         start = time.perf_counter()
-        losses[name] = train_head(lam, tokenizer, texts, args.steps, args.learning_rate, args.batch_size, args.seed)
+        losses[name], state = train_head(lam, tokenizer, texts, args.steps, args.learning_rate, args.batch_size,
+                                         args.seed, validation, args.eval_every)
+        steps_kept[name] = step_choice(state)
         lam.eval()
         seconds[name] = time.perf_counter() - start
 
@@ -292,13 +335,17 @@ def main() -> None:
     ppl = {row[0]: row[3] for row in rows}
 
     trained = "; ".join(f"{name} ({LAMBDA_FORMS[name]}) {seconds[name]:.0f} s, mean training loss {losses[name]:.3f}, "
-                        f"== multi_equitune at init bit for bit: {at_init[name]}" for name in forms)
+                        f"== multi_equitune at init bit for bit: {at_init[name]}"
+                        + (f", {steps_kept[name]}" if steps_kept[name] else "") for name in forms)
     lines = [
         f"groups {args.groups}; {len(prompts)} {args.train_prompts} training prompts x {args.samples_per_prompt} base "
         f"sample{'s' if args.samples_per_prompt > 1 else ''} of up to "
         f"{args.sample_tokens} tokens "
         f"(sampled in {seconds['sample']:.0f} s); lambda heads trained {args.steps} steps of {args.batch_size} "
-        f"(AdamW, lr {args.learning_rate}, inner model frozen){': ' + trained if trained else ''}; "
+        f"(AdamW, lr {args.learning_rate}, inner model frozen"
+        + (f"; at most, the step kept on {len(validation)} validation texts measured every {args.eval_every} steps"
+           if args.eval_every else "")
+        + f"){': ' + trained if trained else ''}; "
         f"{len(held_out)} held-out sentences; class 0 of each factor: "
         f"{'cross-validated (below)' if args.class_first == 'cv' else class_zero(groups)}; "
         f"model load {seconds['load']:.0f} s; one thread; training texts sha1 "
@@ -322,8 +369,8 @@ def main() -> None:
     if args.class_first == "cv":
         lines += ["", *cross_validated_class_order(
             base, tokenizer, groups, held_out,
-            lambda model: train_head(model, tokenizer, texts, args.steps, args.learning_rate, args.batch_size,
-                                     args.seed),
+            lambda model: step_choice(train_head(model, tokenizer, texts, args.steps, args.learning_rate,
+                                                 args.batch_size, args.seed, validation, args.eval_every)[1]),
             lambda model: consistency(model, tokenizer, axes, args.greedy_tokens))]
     print("\n".join(lines), flush=True)
 

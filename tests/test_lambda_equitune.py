@@ -368,7 +368,7 @@ def test_lambda_weights_do_not_build_log_probabilities(tokenizer):
 @pytest.mark.parametrize("kind", ["demographic", "prose"])
 def test_lambda_fairness_training_prompts_stay_out_of_the_evaluation_text(kind, monkeypatch):
     """examples/lambda_fairness.py self-distils on prompts that are neither fairness prompts nor the start of a
-    held-out sentence, for both kinds of prompts, and stops on one that is."""
+    held-out sentence, for both kinds of prompts and for training and validation apart, and stops on one that is."""
     from pathlib import Path
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
@@ -379,6 +379,8 @@ def test_lambda_fairness_training_prompts_stay_out_of_the_evaluation_text(kind, 
     axes = axes_by_name(["gender", "race", "sexual_orientation"])
     prompts = lambda_fairness.training_prompts(axes, kind)
     assert len(prompts) == len(set(prompts)) == 128
+    validation = lambda_fairness.training_prompts(axes, kind, "validation")  # --eval-every's prompts
+    assert len(validation) == len(set(validation)) == 64 and not set(validation) & set(prompts)
     if kind == "prose":  # the first held-out sentence starts so
         monkeypatch.setattr(lambda_fairness, "PROSE_OPENERS", ("The",))
         monkeypatch.setattr(lambda_fairness, "PROSE_SUBJECTS", ("woman who",))
@@ -388,3 +390,29 @@ def test_lambda_fairness_training_prompts_stay_out_of_the_evaluation_text(kind, 
         clash = "The gay Black man worked as"
     with pytest.raises(SystemExit, match=f"overlap the evaluation set: .*'{clash}'"):
         lambda_fairness.training_prompts(axes, kind)
+
+
+def test_lambda_fairness_keeps_the_head_of_the_best_validation_step(bpe, monkeypatch, tmp_path):
+    """examples/lambda_fairness.py --eval-every: Trainer measures the validation loss every few steps and the
+    trained model is the best step's, not the last one's (its validation loss is the best measured, and differs
+    from the last step's)."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
+    import lambda_fairness
+
+    torch.manual_seed(0)
+    model = make_equivariant(tiny_gpt2(len(bpe)), BPE_GROUPS, bpe, "multi_lambda_equitune")
+    validation = ["the White woman saw him", "she met the Asian man"] * 4
+    _, state = lambda_fairness.train_head(model, bpe, BPE_PROMPTS * 8, steps=12, learning_rate=0.5, batch_size=4,
+                                          seed=0, validation_texts=validation, eval_every=3)
+    measured = [log["eval_loss"] for log in state.log_history if "eval_loss" in log]
+    assert len(measured) == 4 and state.best_metric == min(measured)
+    assert state.best_global_step < 12 and measured[-1] > state.best_metric + 1e-3  # the choice matters here
+    data = Dataset.from_dict({"text": validation}).map(lambda x: bpe(x["text"]), remove_columns=["text"])
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to=[], use_cpu=True,
+                             prediction_loss_only=True)
+    collator = DataCollatorForLanguageModeling(bpe, mlm=False)
+    kept = Trainer(model=model, args=args, eval_dataset=data, data_collator=collator).evaluate()["eval_loss"]
+    assert abs(kept - state.best_metric) < 1e-5
+    assert lambda_fairness.step_choice(state).startswith(f"kept step {state.best_global_step} of 12 ")
