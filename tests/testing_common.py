@@ -365,8 +365,9 @@ class EquivariantCommonTester:
 
 
 # -- the settings matrix --------------------------------------------------------------------------------
-# The paper's two methods run over every architecture; the other registered methods have their own test files
-# (test_equizero.py, test_canonicalize.py, test_lambda_equitune.py) against the same oracle.
+# The paper's two methods run over every architecture; the other registered methods run these checks on a few
+# (test_every_method.py, test_canonicalize.py) and have their own test files (test_equizero.py,
+# test_lambda_equitune.py) against the same oracle.
 SETTINGS = {
     "symmetrization": ("equitune", "multi_equitune"),
     "average": AVERAGES,
