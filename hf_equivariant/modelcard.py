@@ -94,6 +94,7 @@ def equivariant_model_card(config: EquivariantConfig, tags: list[str] | None = N
         action=config.action,
         method_description=method.description,
         method_citation=method.citation,
+        method_trainable=method.trainable,
         num_copies=method.inner_passes(orders),
         method_copies={name: other.inner_passes(orders) for name, other in SYMMETRIZATIONS.items()},
         auto_class="AutoModelForSeq2SeqLM" if seq2seq else "AutoModelForCausalLM",

@@ -278,7 +278,7 @@ def test_save_and_load_keep_the_head(bpe, tmp_path, method, options):
     assert loaded.copy_weights.branch_weights == wrapper.copy_weights.branch_weights
     assert torch.equal(logits(loaded, input_ids=ids), logits(wrapper, input_ids=ids))
     card = (tmp_path / "saved" / "README.md").read_text()
-    assert LAMBDA_PAPER in card
+    assert LAMBDA_PAPER in card and "- Trainable weights of its own (`copy_weights`)" in card
 
 
 def test_the_branch_weights_a_model_was_saved_with_are_kept(bpe, tmp_path):

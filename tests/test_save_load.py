@@ -258,6 +258,7 @@ def test_push_to_hub_uploads_the_model_and_its_card(model, batch, mocked_hub):
     assert ("Inner forward passes per input: **5** (per method: equitune 6, multi_equitune 5, equizero 6, "
             "multi_equizero 5, canonicalize 1, lambda_equitune 6, multi_lambda_equitune 5)") in body
     assert "Efficient Model-Agnostic Multi-Group Equivariant Networks" in body  # the method's citation
+    assert "Trainable weights" not in body  # multi_equitune has none
     assert 'AutoModelForCausalLM.from_pretrained("user/equi-gpt2")' in body
     assert "## Intended use" in body and "## Limitations" in body
 
