@@ -44,7 +44,7 @@ class CopiesEncoder(nn.Module):
     """The inner encoder applied to every copy of the input: B rows in, K*B rows out (copy-major),
     computed once per distinct copy. For a canonicalising method every copy row gets the encoding of the
     row's canonical copy c(x) (see the module docstring): one distinct copy per input. Hidden states and
-    attentions, when asked for, are those of copy 0 (B rows; see `EquivariantPreTrainedModel.symmetrised_logits`).
+    attentions, when asked for, are those of copy 0 (B rows; see `EquivariantPreTrainedModel.symmetrised_forward`).
 
     Its signature is explicit (no **kwargs): generate() passes an encoder only the arguments it names,
     which keeps `labels` and other decoder inputs away from it.
