@@ -2,8 +2,9 @@
 
 - At initialisation (zero head) they are equitune and multi_equitune bit for bit, both forms of the branch
   weights (`branch_weights` "fixed" and "lambda").
-- multi_lambda_equitune matches its formula, computed one copy at a time in the test, in both forms; the
-  branch-weighted form's branch weights beta_i are not uniform there, and the fixed form's formula misses it.
+- lambda_equitune matches its formula (equitune's uniform mean misses it), and multi_lambda_equitune its own in
+  both forms, computed one copy at a time in the test; the branch-weighted form's branch weights beta_i are not
+  uniform there, and the fixed form's formula misses it.
 - After Trainer steps on random token ids (inner model frozen; with the inner model; with LoRA) the weights are
   no longer uniform, and every group element is exact for the word action (`ActionOracle`), with a negative
   control (lambda of the wrong copy) that the same check catches.
@@ -143,6 +144,34 @@ def naive_multi_lambda_equitune(base, head, ids, mask, tokenizer, class_lists, w
     means = torch.stack(means)
     beta = means / means.sum(0) if weigh_branches else torch.full_like(means, 1 / n)
     return (torch.stack(outputs) * beta).sum(0)
+
+
+def naive_lambda_equitune(base, head, ids, mask, tokenizer, class_lists):
+    """sum_g lambda(g.x) log_softmax(M(g.x))[..., p_g] / sum_g lambda(g.x) over the whole product, one element at a
+    time; also the uniform mean (equitune), for the control."""
+    terms, lams = [], []
+    for g in all_elements(class_lists):
+        p = element_permutation(tokenizer, class_lists, g)
+        out = base(input_ids=p[ids], attention_mask=mask, output_hidden_states=True)
+        lams.append(nn.functional.softplus(head(out.hidden_states[-1])))
+        terms.append(out.logits.log_softmax(-1)[..., p])
+    terms, lams = torch.stack(terms), torch.stack(lams)
+    return (terms * lams).sum(0) / lams.sum(0), terms.mean(0)
+
+
+def test_lambda_equitune_matches_its_formula(tokenizer):
+    base = tiny_llama(len(tokenizer))
+    model = make_equivariant(base, WORD_GROUPS, tokenizer, symmetrization="lambda_equitune").eval()
+    with torch.no_grad():
+        model.copy_weights.head.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        expected, uniform = naive_lambda_equitune(base, model.copy_weights.head, batch["input_ids"],
+                                                  batch["attention_mask"], tokenizer, WORD_CLASS_LISTS)
+    out = logits(model, **batch)
+    kept = batch["attention_mask"].bool()  # left padding: the padded positions' scores are not compared
+    torch.testing.assert_close(out[kept], expected[kept], atol=1e-4, rtol=1e-4)
+    assert (out[kept] - uniform[kept]).abs().max() > 1e-3  # control: equitune's uniform mean misses it
 
 
 def test_registered_copy_counts_and_head():
