@@ -36,7 +36,7 @@ from conftest import (
     wrap,
 )
 from datasets import Dataset
-from testing_common import EquivariantCommonTester, Setting, case
+from testing_common import EquivariantCommonTester, Setting, case, random_head
 from transformers import (
     DataCollatorForLanguageModeling,
     DataCollatorForSeq2Seq,
@@ -68,16 +68,6 @@ TESTER_CASES = [pytest.param(architecture, Setting(symmetrization=method, action
 
 def test_the_built_in_methods_are_registered():
     assert set(BUILT_IN) <= set(SYMMETRIZATIONS)
-
-
-def random_head(model):
-    """A random head for the methods with trainable copy weights (lambda's softplus(w . h + b)); others unchanged."""
-    if model.copy_weights is not None:
-        generator = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for parameter in model.copy_weights.parameters():
-                parameter.copy_(torch.randn(parameter.shape, generator=generator))
-    return model
 
 
 class TestEveryMethodWithTheSharedTester(EquivariantCommonTester):

@@ -139,6 +139,17 @@ class Case:
         return self.base.config.is_encoder_decoder
 
 
+def random_head(model, scale: float = 1.0):
+    """N(0, scale^2) weights for a method's trainable copy weights (lambda's softplus(w . h + b)), so that they differ
+    from copy to copy and from the uniform method's; methods without any are returned unchanged."""
+    if model.copy_weights is not None:
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for parameter in model.copy_weights.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
+    return model
+
+
 def pad(tokenizer, rows, side):
     return tokenizer.pad([{"input_ids": r} for r in rows], padding_side=side, return_tensors="pt")
 
