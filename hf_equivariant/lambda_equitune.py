@@ -38,7 +38,7 @@ branch, both are the same.
 
 The head (`LambdaWeights`, the wrapper's `copy_weights`) is the wrapper's own parameters: `save_pretrained`
 saves it with the inner model and `from_pretrained` loads it back; `Trainer` trains it alone (inner model
-frozen), with the inner model, or beside LoRA adapters (peft's `modules_to_save=["copy_weights"]`).
+frozen), with the inner model, or beside LoRA adapters (peft's `modules_to_save=["copy_weights.head"]`).
 """
 
 from __future__ import annotations

@@ -131,7 +131,9 @@ def add_group_options(command, symmetrizations=SYMMETRIZATIONS, default_symmetri
                          help="a YAML or JSON file of your own groups, used with or instead of --groups: "
                               "a list of {name, classes, kind (cyclic|symmetric), skip_missing}")
     command.add_argument("--symmetrization", choices=symmetrizations, default=default_symmetrization,
-                         help="multi_equitune: |G1|+...+|GN| inner passes; equitune: |G1|x...x|GN|")
+                         help="inner passes per input: |G1|+...+|GN| for multi_equitune, multi_equizero and "
+                              "multi_lambda_equitune; |G1|x...x|GN| for equitune, equizero and lambda_equitune; "
+                              "about 1 for canonicalize (see the README's methods)")
     command.add_argument("--action", choices=ACTIONS, default="word",
                          help="swap whole words only (word) or every group token, also inside words (token)")
 
