@@ -77,9 +77,9 @@ VALIDATION_OPENERS = ("Late last night", "During the storm", "On the way home", 
 CONSISTENCY_CONTEXTS = ("was known for", "worked as")  # one respect and one occupation context of fairness.md
 
 
-def training_prompts(axes, kind: str = "demographic", split: str = "train") -> list[str]:
+def distillation_prompts(axes, kind: str = "demographic", split: str = "train") -> list[str]:
     """The prompts whose base-model continuations are the training (or, with split "validation", the validation)
-    text; none is a fairness prompt or starts a held-out line, and the two splits share no prompt.
+    text; none is a fairness prompt or starts a held-out line, and no prompt is in both splits (all checked).
 
     "demographic": every demographic phrase in every training context ("The gay Black man lived in").
     "prose": every opener with every subject ("Yesterday my neighbour"), everyday prose with no demographic
@@ -101,8 +101,10 @@ def training_prompts(axes, kind: str = "demographic", split: str = "train") -> l
         clashes += sorted(set(contexts) & set(TEMPLATES))
     if clashes:
         raise SystemExit(f"{split} prompts overlap the evaluation set: {clashes}")
-    if set(TRAIN_CONTEXTS) & set(VALIDATION_CONTEXTS) or set(PROSE_OPENERS) & set(VALIDATION_OPENERS):
-        raise SystemExit("training and validation prompts overlap")
+    if split == "validation":
+        shared = sorted(set(prompts) & set(distillation_prompts(axes, kind)))
+        if shared:
+            raise SystemExit(f"validation prompts overlap the training prompts: {shared}")
     return prompts
 
 
@@ -136,8 +138,8 @@ def train_head(model, tokenizer, texts, steps: int, learning_rate: float, batch_
     def tokenized(strings):
         return Dataset.from_dict({"text": list(strings)}).map(lambda x: tokenizer(x["text"]), remove_columns=["text"])
 
-    select = bool(validation_texts) and eval_every > 0
-    strategy = "steps" if select else "no"
+    choose_step = bool(validation_texts) and eval_every > 0
+    strategy = "steps" if choose_step else "no"
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
     with tempfile.TemporaryDirectory() as output_dir:  # its checkpoints hold the whole inner model
         args = TrainingArguments(
@@ -145,11 +147,11 @@ def train_head(model, tokenizer, texts, steps: int, learning_rate: float, batch_
             learning_rate=learning_rate, lr_scheduler_type="constant", weight_decay=0.0, report_to=[], use_cpu=True,
             seed=seed, disable_tqdm=True, logging_steps=max(1, steps // 4), eval_strategy=strategy,
             eval_steps=eval_every or None, save_strategy=strategy, save_steps=eval_every or None, save_total_limit=1,
-            save_only_model=True, load_best_model_at_end=select, metric_for_best_model="eval_loss",
+            save_only_model=True, load_best_model_at_end=choose_step, metric_for_best_model="eval_loss",
             prediction_loss_only=True, per_device_eval_batch_size=batch_size,
         )
         trainer = Trainer(model=model, args=args, train_dataset=tokenized(texts),
-                          eval_dataset=tokenized(validation_texts) if select else None, data_collator=collator)
+                          eval_dataset=tokenized(validation_texts) if choose_step else None, data_collator=collator)
         result = trainer.train()
     tokenizer.padding_side = right
     return result.training_loss, trainer.state
@@ -270,7 +272,7 @@ def main() -> None:
     parser.add_argument("--class-first", help="one word per factor whose class the wrappers list first, or 'cv' to "
                         "choose it by two-fold cross-validation on the held-out sentences")
     parser.add_argument("--train-prompts", choices=("demographic", "prose"), default="demographic",
-                        help="prompts of the self-distillation texts (see `training_prompts`)")
+                        help="prompts of the self-distillation texts (see `distillation_prompts`)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="also write the report to this markdown file")
     args = parser.parse_args()
@@ -297,9 +299,9 @@ def main() -> None:
     held_out = held_out_texts()
 
     start = time.perf_counter()
-    prompts = training_prompts(axes, args.train_prompts)
+    prompts = distillation_prompts(axes, args.train_prompts)
     texts = self_distillation_texts(base, tokenizer, prompts, args.sample_tokens, args.seed, args.samples_per_prompt)
-    validation = (self_distillation_texts(base, tokenizer, training_prompts(axes, args.train_prompts, "validation"),
+    validation = (self_distillation_texts(base, tokenizer, distillation_prompts(axes, args.train_prompts, "validation"),
                                           args.sample_tokens, args.seed + 1) if args.eval_every else [])
     seconds["sample"] = time.perf_counter() - start
 
@@ -334,8 +336,9 @@ def main() -> None:
                      value, perplexity_seconds, agree, time.perf_counter() - start))
     ppl = {row[0]: row[3] for row in rows}
 
-    trained = "; ".join(f"{name} ({LAMBDA_FORMS[name]}) {seconds[name]:.0f} s, mean training loss {losses[name]:.3f}, "
-                        f"== multi_equitune at init bit for bit: {at_init[name]}"
+    overhead = " (validation and checkpoints included)" if args.eval_every else ""
+    trained = "; ".join(f"{name} ({LAMBDA_FORMS[name]}) {seconds[name]:.0f} s{overhead}, mean training loss over all "
+                        f"{args.steps} steps {losses[name]:.3f}, == multi_equitune at init bit for bit: {at_init[name]}"
                         + (f", {steps_kept[name]}" if steps_kept[name] else "") for name in forms)
     lines = [
         f"groups {args.groups}; {len(prompts)} {args.train_prompts} training prompts x {args.samples_per_prompt} base "

@@ -1,6 +1,6 @@
 """The paper's SCAN experiments: pretrain a small seq2seq transformer, symmetrise it, fine-tune, evaluate.
 
-    python examples/scan_equitune.py                       # all three experiments, writes docs/results/scan.md
+    python examples/scan_equitune.py                       # all four experiments, writes docs/results/scan.md
     python examples/scan_equitune.py --experiments addprim_jump --seeds 0 --out /tmp/scan.md
 
 Experiments (mean and std of exact-match accuracy over the seeds):
@@ -146,7 +146,9 @@ def write_section(path: Path, name: str, text: str) -> None:
         "the wrapper. \"inner passes\" is the number of inner forward rows per example (before deduplication);",
         "times are seconds per seed on the device each section names (CPU: one thread per experiment, two",
         "experiments at a time on a 2-core machine).",
-        "Where a test set is sampled, `max_eval_examples` says how many examples of each.", "",
+        "Where a test set is sampled, `max_eval_examples` says how many examples of each.",
+        "A reproduce command writes its experiment's section into this file unless given `--out FILE`, replacing",
+        "the whole section, hand-written subsections included: pass `--out` to compare with them.", "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
     ordered = [sections[n] for n in EXPERIMENTS if n in sections]

@@ -117,7 +117,10 @@ def test_beam_search_and_sampling_are_equivariant(tokenizers, method, kind):
                     output_logits=True)
     errors = sampling_errors(model, tokenizer, batch, sampling)
     assert len(errors) == 6 and max(errors) <= 1e-4, errors
-    assert max(sampling_errors(base, tokenizer, batch, sampling)) > 1e-4  # the unwrapped model
+    # the unwrapped model: its own draws are read back at the identity (so the teacher forcing is aligned), and
+    # every other element misses them
+    identity, *others = sampling_errors(base, tokenizer, batch, sampling)
+    assert identity <= 1e-4 and min(others) > 1e-4, (identity, others)
 
 
 def sampling_errors(model, tokenizer, batch, sampling) -> list[float]:

@@ -395,7 +395,7 @@ def test_lambda_weights_do_not_build_log_probabilities(tokenizer):
 
 
 @pytest.mark.parametrize("kind", ["demographic", "prose"])
-def test_lambda_fairness_training_prompts_stay_out_of_the_evaluation_text(kind, monkeypatch):
+def test_lambda_fairness_distillation_prompts_stay_out_of_the_evaluation_text(kind, monkeypatch):
     """examples/lambda_fairness.py self-distils on prompts that are neither fairness prompts nor the start of a
     held-out sentence, for both kinds of prompts and for training and validation apart, and stops on one that is."""
     from pathlib import Path
@@ -406,10 +406,22 @@ def test_lambda_fairness_training_prompts_stay_out_of_the_evaluation_text(kind, 
     from hf_equivariant.experiments.fairness import axes_by_name
 
     axes = axes_by_name(["gender", "race", "sexual_orientation"])
-    prompts = lambda_fairness.training_prompts(axes, kind)
+    prompts = lambda_fairness.distillation_prompts(axes, kind)
     assert len(prompts) == len(set(prompts)) == 128
-    validation = lambda_fairness.training_prompts(axes, kind, "validation")  # --eval-every's prompts
+    validation = lambda_fairness.distillation_prompts(axes, kind, "validation")  # --eval-every's prompts
     assert len(validation) == len(set(validation)) == 64 and not set(validation) & set(prompts)
+    # the validation split stops on a prompt it shares with training (prose) or with the evaluation (demographic)
+    if kind == "prose":
+        with monkeypatch.context() as patch:
+            patch.setattr(lambda_fairness, "VALIDATION_OPENERS", ("Yesterday",))
+            with pytest.raises(SystemExit, match="validation prompts overlap the training prompts: .*'Yesterday my"):
+                lambda_fairness.distillation_prompts(axes, kind, "validation")
+    else:
+        with monkeypatch.context() as patch:
+            patch.setattr(lambda_fairness, "VALIDATION_CONTEXTS", ("worked as",))
+            with pytest.raises(SystemExit, match="validation prompts overlap the evaluation set: .*'The gay Black man "
+                               "worked as'"):
+                lambda_fairness.distillation_prompts(axes, kind, "validation")
     if kind == "prose":  # the first held-out sentence starts so
         monkeypatch.setattr(lambda_fairness, "PROSE_OPENERS", ("The",))
         monkeypatch.setattr(lambda_fairness, "PROSE_SUBJECTS", ("woman who",))
@@ -418,7 +430,7 @@ def test_lambda_fairness_training_prompts_stay_out_of_the_evaluation_text(kind, 
         monkeypatch.setattr(lambda_fairness, "TRAIN_CONTEXTS", ("worked as",))
         clash = "The gay Black man worked as"
     with pytest.raises(SystemExit, match=f"overlap the evaluation set: .*'{clash}'"):
-        lambda_fairness.training_prompts(axes, kind)
+        lambda_fairness.distillation_prompts(axes, kind)
 
 
 def test_lambda_fairness_keeps_the_head_of_the_best_validation_step(bpe, monkeypatch, tmp_path):
@@ -433,11 +445,12 @@ def test_lambda_fairness_keeps_the_head_of_the_best_validation_step(bpe, monkeyp
     torch.manual_seed(0)
     model = make_equivariant(tiny_gpt2(len(bpe)), BPE_GROUPS, bpe, "multi_lambda_equitune")
     validation = ["the White woman saw him", "she met the Asian man"] * 4
-    _, state = lambda_fairness.train_head(model, bpe, BPE_PROMPTS * 8, steps=12, learning_rate=0.5, batch_size=4,
+    _, state = lambda_fairness.train_head(model, bpe, BPE_PROMPTS * 8, steps=12, learning_rate=0.2, batch_size=4,
                                           seed=0, validation_texts=validation, eval_every=3)
     measured = [log["eval_loss"] for log in state.log_history if "eval_loss" in log]
     assert len(measured) == 4 and state.best_metric == min(measured)
-    assert state.best_global_step < 12 and measured[-1] > state.best_metric + 1e-3  # the choice matters here
+    # the best is neither the first nor the last step measured, so keeping either would fail below
+    assert 3 < state.best_global_step < 12 and min(measured[0], measured[-1]) > state.best_metric + 1e-3
     data = Dataset.from_dict({"text": validation}).map(lambda x: bpe(x["text"]), remove_columns=["text"])
     args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to=[], use_cpu=True,
                              prediction_loss_only=True)
