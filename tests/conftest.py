@@ -527,6 +527,36 @@ def token_generation_mismatches(model, tokenizer, class_lists, batch, **options)
     return mismatches
 
 
+def sampling_errors(model, tokenizer, class_lists, batch, sampling) -> list[float]:
+    """Sampling under the token action (word-level tokenizer; causal or seq2seq; `sampling` generate()'s options with
+    two return sequences, logits returned): for every element g, max |log p(g.y_t | g.x, g.y_<t)[p_g] -
+    log p(y_t | x, y_<t)| along the sampled sequences y, teacher-forced against the distributions generate() drew
+    from (after checking that the same seed draws the same sequences without a cache)."""
+    with torch.no_grad():
+        torch.manual_seed(0)
+        sampled = model.generate(**batch, **sampling)
+        torch.manual_seed(0)
+        assert torch.equal(sampled.sequences, model.generate(**batch, **sampling, use_cache=False).sequences)
+        drawn = torch.stack(sampled.logits, dim=1).log_softmax(-1)  # [2B, 6, V], before min_new_tokens' eos mask
+        sequences, mask = sampled.sequences, batch["attention_mask"].repeat_interleave(2, dim=0)
+        prompts = batch["input_ids"].repeat_interleave(2, dim=0)
+        errors = []
+        for g in all_elements(class_lists):
+            p = element_permutation(tokenizer, class_lists, g)
+            if model.config.is_encoder_decoder:
+                forced = model(input_ids=p[prompts], attention_mask=mask, decoder_input_ids=p[sequences[:, :-1]])
+                read = forced.logits
+            else:  # the positions whose next token was drawn: the prompt's last and the generated ones but the last;
+                # positions counted from the first real token, as generate() counts them on left-padded prompts
+                width = prompts.shape[1]
+                full_mask = torch.cat([mask, torch.ones_like(sequences[:, width:])], dim=1)[:, :-1]
+                positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
+                forced = model(input_ids=p[sequences[:, :-1]], attention_mask=full_mask, position_ids=positions)
+                read = forced.logits[:, width - 1:]
+            errors.append((read.log_softmax(-1)[..., p] - drawn).abs().max().item())
+    return errors
+
+
 def seq2seq_token_errors(model, tokenizer, class_lists, prompts, targets) -> list[float]:
     """Teacher-forced seq2seq logits under the token action (word-level tokenizer): for every element g,
     max |M(g.x, g.y)[..., p_g] - M(x, y)|, with p_g the oracle's vocabulary permutation."""

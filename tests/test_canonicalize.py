@@ -1,10 +1,8 @@
 """canonicalize: frame canonicalisation, y(x) = mean over the frame F(x) of g^-1 . M(g . x), checked against the
 frame computed here per prefix from the word lists, exact for every element, one inner row per input in
 forward and generation. For seq2seq models the frame at decoder position t is that of the encoder ids followed
-by the decoder ids up to t (the output there depends on both); the shared tester (testing_common) checks it
-against the word and token oracles on T5 and BART, with and without caches."""
-
-import dataclasses
+by the decoder ids up to t (the output there depends on both); the shared tester checks it against the word and
+token oracles on GPT-2, T5 and BART, with and without caches (tests/test_every_method.py)."""
 
 import pytest
 import torch
@@ -21,13 +19,13 @@ from conftest import (
     bpe_tokenizer,
     causal_token_errors,
     element_permutation,
+    sampling_errors,
     seq2seq_token_errors,
     tiny_gpt2,
     tiny_t5,
     token_generation_mismatches,
 )
 from datasets import Dataset
-from testing_common import EquivariantCommonTester, Setting, case
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
 from hf_equivariant import EquivariantModelForSeq2SeqLM, WordSwapGroup, make_equivariant
@@ -233,18 +231,8 @@ def test_seq2seq_beam_search_and_sampling_are_equivariant(seq2seq_tokenizer, arc
                     return_dict_in_generate=True, output_logits=True)
     assert token_generation_mismatches(model, seq2seq_tokenizer, CLASS_LISTS, batch, **beams) == []
     assert token_generation_mismatches(base, seq2seq_tokenizer, CLASS_LISTS, batch, **beams) != []  # the unwrapped
-    with torch.no_grad():
-        torch.manual_seed(0)
-        sampled = model.generate(**batch, **sampling)
-        torch.manual_seed(0)
-        assert torch.equal(sampled.sequences, model.generate(**batch, **sampling, use_cache=False).sequences)
-        drawn = torch.stack(sampled.logits, dim=1).log_softmax(-1)  # [2B, 6, V], before min_new_tokens' eos mask
-        sequences, mask = sampled.sequences, batch["attention_mask"].repeat_interleave(2, dim=0)
-        prompts = batch["input_ids"].repeat_interleave(2, dim=0)
-        for g in all_elements(CLASS_LISTS):
-            p = element_permutation(seq2seq_tokenizer, CLASS_LISTS, g)
-            forced = model(input_ids=p[prompts], attention_mask=mask, decoder_input_ids=p[sequences[:, :-1]])
-            torch.testing.assert_close(forced.logits.log_softmax(-1)[..., p], drawn, atol=1e-4, rtol=1e-4)
+    errors = sampling_errors(model, seq2seq_tokenizer, CLASS_LISTS, batch, sampling)
+    assert len(errors) == 6 and max(errors) <= 1e-4, errors
 
 
 def test_seq2seq_trainer_steps_keep_it_exact_and_it_saves_and_loads(seq2seq_tokenizer, tmp_path):
@@ -270,35 +258,3 @@ def test_seq2seq_trainer_steps_keep_it_exact_and_it_saves_and_loads(seq2seq_toke
     with torch.no_grad():
         assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
     assert "Equivariance with Learned Canonicalization Functions" in (tmp_path / "saved" / "README.md").read_text()
-
-
-# The shared tester's checks (word action on the byte-level BPE tokenizer with pieces of longer words, token
-# action, word-level tokenizer; every element against ActionOracle, the unwrapped model as negative control).
-TESTER_CASES = [
-    pytest.param(architecture, Setting(symmetrization="canonicalize", action=action, cache=cache,
-                                       deduplicate=deduplicate, padding_side=side), id=f"{architecture}-{label}")
-    for architecture in ("bart", "gpt2", "t5")
-    for label, action, cache, deduplicate, side in [
-        ("word-dynamic", "word", "dynamic", True, "right"), ("token-static", "token", "static", True, "left"),
-        ("word_level-none-nodedup", "word_level", "none", False, "right")]
-]
-
-
-class TestCanonicalizeWithTheSharedTester(EquivariantCommonTester):
-    @pytest.mark.parametrize("architecture, setting", TESTER_CASES)
-    def test_forward_equivariance(self, architecture, setting):
-        self._test_forward_equivariance(case(architecture, setting))
-
-    @pytest.mark.parametrize("architecture, setting", TESTER_CASES)
-    def test_generation_equivariance(self, architecture, setting):
-        self._test_generation_equivariance(case(architecture, setting))
-
-    @pytest.mark.parametrize("architecture, setting", TESTER_CASES)
-    def test_cache_equals_no_cache(self, architecture, setting):
-        if setting.cache == "none":
-            setting = dataclasses.replace(setting, cache="dynamic")
-        self._test_cache_equals_no_cache(case(architecture, setting))
-
-    @pytest.mark.parametrize("architecture, setting", TESTER_CASES)
-    def test_save_load(self, architecture, setting, tmp_path):
-        self._test_save_load(case(architecture, setting), tmp_path)

@@ -1,11 +1,13 @@
-"""The methods beyond the paper's two (equizero, multi_equizero, lambda_equitune, multi_lambda_equitune) through
-the shared tester, and every built-in method through generate()'s beams and sampling and through Trainer.
+"""The methods beyond the paper's two (equizero, multi_equizero, lambda_equitune, multi_lambda_equitune,
+canonicalize) through the shared tester, and every built-in method through generate()'s beams and sampling and
+through Trainer.
 
-test_common.py runs equitune and multi_equitune over every architecture and setting, and test_canonicalize.py runs
-canonicalize through the shared tester. Here each of the four other methods runs the shared tester's checks
-(forward equivariance, greedy generation, cache == no cache, save/load: every element against `ActionOracle`, the
-unwrapped model as negative control) on a causal and a seq2seq model with a static cache, and on two more with a
-dynamic cache or none, with the word action, the token action and the word-level tokenizer. The lambda methods
+test_common.py runs equitune and multi_equitune over every architecture and setting. Here each of the other
+methods runs the shared tester's checks (forward equivariance, greedy generation, cache == no cache, save/load:
+every element against `ActionOracle`, the unwrapped model as negative control): the equizero and lambda methods on
+a causal and a seq2seq model with a static cache, and on two more with a dynamic cache or none, with the word
+action, the token action and the word-level tokenizer; canonicalize on GPT-2, T5 and BART with every action and
+cache (its seq2seq frame reads the encoder and the decoder ids). The lambda methods
 run with a random head (`random_head`), so their weights differ from their uniform methods' and from copy to copy.
 
 Then, for every built-in method, on a causal and a seq2seq model (word-level tokenizer, token action):
@@ -25,9 +27,8 @@ from conftest import (
     GENDER_CLASSES,
     PROMPTS,
     RACE_CLASSES,
-    all_elements,
     causal_token_errors,
-    element_permutation,
+    sampling_errors,
     seq2seq_token_errors,
     tiny_gpt2,
     tiny_t5,
@@ -60,10 +61,20 @@ CASES = [("gpt2", "word-static", "word", "static", True, "left"),
          ("t5", "word-static", "word", "static", True, "right"),
          ("llama", "token-dynamic-nodedup", "token", "dynamic", False, "left"),
          ("bart", "word_level-none", "word_level", "none", True, "right")]
+# canonicalize's own cases: its frame at a seq2seq decoder position reads the encoder and the decoder ids, so each
+# seq2seq architecture gets every action and cache
+CANONICALIZE_CASES = [(architecture, label, action, cache, deduplicate, side)
+                      for architecture in ("bart", "gpt2", "t5")
+                      for label, action, cache, deduplicate, side in [
+                          ("word-dynamic", "word", "dynamic", True, "right"),
+                          ("token-static", "token", "static", True, "left"),
+                          ("word_level-none-nodedup", "word_level", "none", False, "right")]]
 TESTER_CASES = [pytest.param(architecture, Setting(symmetrization=method, action=action, cache=cache,
                                                    deduplicate=deduplicate, padding_side=side),
                              id=f"{method}-{architecture}-{label}")
-                for method in OTHER_METHODS for architecture, label, action, cache, deduplicate, side in CASES]
+                for method, cases in [*[(method, CASES) for method in OTHER_METHODS],
+                                      ("canonicalize", CANONICALIZE_CASES)]
+                for architecture, label, action, cache, deduplicate, side in cases]
 
 
 def test_the_built_in_methods_are_registered():
@@ -115,41 +126,12 @@ def test_beam_search_and_sampling_are_equivariant(tokenizers, method, kind):
     assert token_generation_mismatches(base, tokenizer, CLASS_LISTS, batch, **beams) != []  # the unwrapped model
     sampling = dict(**steps, do_sample=True, top_k=0, num_return_sequences=2, return_dict_in_generate=True,
                     output_logits=True)
-    errors = sampling_errors(model, tokenizer, batch, sampling)
+    errors = sampling_errors(model, tokenizer, CLASS_LISTS, batch, sampling)
     assert len(errors) == 6 and max(errors) <= 1e-4, errors
     # the unwrapped model: its own draws are read back at the identity (so the teacher forcing is aligned), and
     # every other element misses them
-    identity, *others = sampling_errors(base, tokenizer, batch, sampling)
+    identity, *others = sampling_errors(base, tokenizer, CLASS_LISTS, batch, sampling)
     assert identity <= 1e-4 and min(others) > 1e-4, (identity, others)
-
-
-def sampling_errors(model, tokenizer, batch, sampling) -> list[float]:
-    """For every element g: max |log p(g.y_t | g.x, g.y_<t)[p_g] - log p(y_t | x, y_<t)| along sampled sequences y,
-    teacher-forced against the distributions generate() drew from (after checking that the same seed draws the same
-    sequences without a cache)."""
-    with torch.no_grad():
-        torch.manual_seed(0)
-        sampled = model.generate(**batch, **sampling)
-        torch.manual_seed(0)
-        assert torch.equal(sampled.sequences, model.generate(**batch, **sampling, use_cache=False).sequences)
-        drawn = torch.stack(sampled.logits, dim=1).log_softmax(-1)  # [2B, 6, V], before min_new_tokens' eos mask
-        sequences, mask = sampled.sequences, batch["attention_mask"].repeat_interleave(2, dim=0)
-        prompts = batch["input_ids"].repeat_interleave(2, dim=0)
-        errors = []
-        for g in all_elements(CLASS_LISTS):
-            p = element_permutation(tokenizer, CLASS_LISTS, g)
-            if model.config.is_encoder_decoder:
-                forced = model(input_ids=p[prompts], attention_mask=mask, decoder_input_ids=p[sequences[:, :-1]])
-                read = forced.logits
-            else:  # the positions whose next token was drawn: the prompt's last and the generated ones but the last;
-                # positions counted from the first real token, as generate() counts them on left-padded prompts
-                width = prompts.shape[1]
-                full_mask = torch.cat([mask, torch.ones_like(sequences[:, width:])], dim=1)[:, :-1]
-                positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
-                forced = model(input_ids=p[sequences[:, :-1]], attention_mask=full_mask, position_ids=positions)
-                read = forced.logits[:, width - 1:]
-            errors.append((read.log_softmax(-1)[..., p] - drawn).abs().max().item())
-    return errors
 
 
 @pytest.mark.parametrize("kind", ["causal", "seq2seq"])
