@@ -54,10 +54,13 @@ class EquivariantBaseConfig(PreTrainedConfig):
 
     @classmethod
     def from_dict(cls, config_dict, **kwargs):
-        """A saved config; options of its method that it lacks mean what they meant when it was saved (the method's
-        `saved_options`: an option whose default changed after configs without it were written)."""
+        """A saved config, with the settings given as keywords (`loading_options`); options of its method that it
+        lacks mean what they meant when it was saved (the method's `saved_options`: an option whose default
+        changed after configs without it were written)."""
         method = config_dict.get("symmetrization")
-        if "groups" in config_dict and method in SYMMETRIZATIONS and SYMMETRIZATIONS[method].saved_options:
+        if kwargs.get("symmetrization", method) != method:
+            config_dict = loading_options(config_dict, {k: kwargs[k] for k in METHOD_SETTINGS if k in kwargs})
+        elif "groups" in config_dict and method in SYMMETRIZATIONS and SYMMETRIZATIONS[method].saved_options:
             options = {**SYMMETRIZATIONS[method].saved_options, **(config_dict.get("method_options") or {})}
             config_dict = {**config_dict, "method_options": options}
         return super().from_dict(config_dict, **kwargs)
@@ -72,3 +75,15 @@ class EquivariantBaseConfig(PreTrainedConfig):
         """The names of the fields this config adds to `PreTrainedConfig`'s (the inner config, the groups, ...)."""
         own = {field.name for field in dataclasses.fields(PreTrainedConfig)}
         return tuple(field.name for field in dataclasses.fields(cls) if field.name not in own)
+
+
+METHOD_SETTINGS = ("symmetrization", "method_options")
+
+
+def loading_options(saved: dict, options: dict) -> dict:
+    """A saved config's dict with the settings given on loading. `method_options` belong to their method: a
+    `symmetrization` that names another method drops the saved ones, so the new method gets the `method_options`
+    given with it, else its defaults."""
+    if options.get("symmetrization", saved.get("symmetrization")) != saved.get("symmetrization"):
+        saved = {**saved, "method_options": None}
+    return {**saved, **options}

@@ -254,7 +254,7 @@ DEFAULT_SYMMETRIZATION = "multi_equitune"
 
 
 def register_symmetrization(method: SymmetrizationMethod, exist_ok: bool = False) -> SymmetrizationMethod:
-    """Make `symmetrization=method.name` available everywhere."""
+    """Make `symmetrization=method.name` available to the wrappers (make_equivariant, from_pretrained, configs)."""
     if method.name in SYMMETRIZATIONS and not exist_ok:
         raise ValueError(f"a symmetrization named {method.name!r} is already registered (pass exist_ok=True)")
     SYMMETRIZATIONS[method.name] = method
@@ -284,11 +284,11 @@ EQUIZERO_PAPER = 'Basu et al., "Efficient Equivariant Transfer Learning from Pre
 register_symmetrization(SymmetrizationMethod(
     "equizero", full_product_plan, EQUIZERO_PAPER,
     "g*^-1 . M(g* . x) with g* the element of the product group whose copy has the least proxy loss (entropy by "
-    "default), per position; ties averaged", weights=ArgminWeights))
+    "default), per position; ties averaged", weights=ArgminWeights, options={"proxy_loss": "entropy"}))
 register_symmetrization(SymmetrizationMethod(
-    "multi_equizero", per_factor_plan, MULTI_GROUP_PAPER,
+    "multi_equizero", per_factor_plan, f"{MULTI_GROUP_PAPER}; {EQUIZERO_PAPER}",
     "per factor, equizero over its elements with the other factors canonicalised, symmetrised over the other "
-    "factors; then the mean over factors", weights=ArgminWeights))
+    "factors; then the mean over factors", weights=ArgminWeights, options={"proxy_loss": "entropy"}))
 
 CANONICALIZATION_PAPER = 'Kaba et al., "Equivariance with Learned Canonicalization Functions", ICML 2023'
 register_symmetrization(SymmetrizationMethod(

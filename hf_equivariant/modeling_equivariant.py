@@ -17,6 +17,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from . import boundaries
+from .configuration_base import loading_options
 from .configuration_equivariant import EquivariantConfig
 from .groups import resolve_groups
 from .methods import DEFAULT_SYMMETRIZATION, CopyScores, branch_scale
@@ -227,8 +228,11 @@ class EquivariantPreTrainedModel(EquivariantBasePreTrainedModel):
     def assign_rows_and_reorder_cache(self, keys: torch.Tensor, batch_size: int, cache=None) -> CopyRows:
         """The inner rows that compute the K*B copy rows, whose new tokens `keys` ([K*B, L]) describe, and
         `cache` reordered to hold their pasts (see `rows.CacheRows`). With `config.deduplicate`, copies with
-        equal histories share an inner row and a cache row; compileable (static) caches keep all K*B rows.
+        equal histories share an inner row and a cache row; compileable (static) caches keep all K*B rows,
+        except for a canonicalising method (`keeps_canonical_rows`).
         """
+        if self.keeps_canonical_rows(cache):
+            return CopyRows.canonical(self.num_copies, batch_size, keys.device)
         if not self.deduplicates(cache):
             return CopyRows.every(self.num_copies, batch_size, keys.device)
         return self.cache_rows.assign_rows_and_reorder_cache(keys, self.num_copies, batch_size, cache)
@@ -236,6 +240,12 @@ class EquivariantPreTrainedModel(EquivariantBasePreTrainedModel):
     def deduplicates(self, cache=None) -> bool:
         """Whether copies share inner rows: `config.deduplicate`, except with compileable (static) caches."""
         return self.config.deduplicate and not (cache is not None and cache.is_compileable)
+
+    def keeps_canonical_rows(self, cache=None) -> bool:
+        """Whether a canonicalising method runs one row per input where deduplication cannot (a compileable
+        cache, with `config.deduplicate`): the copy rows of an input all hold its canonical copy, and the
+        canonical rows never fork."""
+        return self.method.canonicalizes and self.config.deduplicate and not self.deduplicates(cache)
 
     def resolve_use_cache(self, use_cache: bool | None, labels=None) -> bool:
         """`use_cache`, by default `config.use_cache` except in training passes (labels given, or the inner model in
@@ -399,8 +409,8 @@ class EquivariantPreTrainedModel(EquivariantBasePreTrainedModel):
         index = expand_rows(beam_idx, self.num_copies, beam_idx.shape[0])
         if self.deduplicates(cache):
             self.cache_rows.reorder_for_beams(cache, index)
-        else:
-            cache.reorder_cache(index)
+        else:  # one cache row per copy row, or per input row (`keeps_canonical_rows`)
+            cache.reorder_cache(beam_idx if self.keeps_canonical_rows(cache) else index)
         return cache
 
     def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
@@ -488,7 +498,8 @@ class EquivariantPreTrainedModel(EquivariantBasePreTrainedModel):
         For a base checkpoint the tokenizer that resolves word groups (and, for `action="word"`, gives the
         word boundaries) is loaded from the same place unless `tokenizer` is given. `symmetrization`,
         `average`, `action` and the other `EquivariantConfig` settings given as keywords
-        (`deduplicate=False`, `max_inner_rows=...`) override the saved choice; turning a saved token action
+        (`deduplicate=False`, `max_inner_rows=...`) override the saved choice (another method does not inherit
+        the saved method's `method_options`: `configuration_base.loading_options`); turning a saved token action
         into the word action reads the word boundaries from `tokenizer` (or the checkpoint's own
         tokenizer). The remaining keywords go to the inner model's loading, as in transformers.
         """
@@ -508,7 +519,7 @@ class EquivariantPreTrainedModel(EquivariantBasePreTrainedModel):
                 vocab_size = config.text_config.get_text_config(decoder=True).vocab_size
                 factors, options["token_boundaries"] = word_action(config.factors, tokenizer, vocab_size, action)
                 options.update(action=action, groups=[f.to_dict() for f in factors])
-            config = EquivariantConfig(**{**config.to_dict(), **options}) if options else config
+            config = EquivariantConfig(**loading_options(config.to_dict(), options)) if options else config
             loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
             # the saved generation config is read after __init__ checked the special tokens: check it too
             (loaded[0] if isinstance(loaded, tuple) else loaded)._refuse_moved_special_tokens()

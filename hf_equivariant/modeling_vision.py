@@ -24,6 +24,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClass
 from transformers.models.clip.modeling_clip import CLIPOutput, image_text_contrastive_loss
 from transformers.models.siglip.modeling_siglip import SiglipOutput
 
+from .configuration_base import loading_options
 from .configuration_vision import EquivariantSiglipConfig, EquivariantVisionConfig
 from .image_groups import resolve_image_groups
 from .image_symmetrize import combine, distinct_rows, image_copies, image_methods, image_plan
@@ -129,7 +130,9 @@ class EquivariantVisionPreTrainedModel(EquivariantBasePreTrainedModel):
         """Load a saved invariant model, or a plain checkpoint made invariant with `groups=[...]`.
 
         `symmetrization`, `method_options`, `average`, `deduplicate` and `base_model` given as keywords override
-        the saved choice; the remaining keywords go to the inner model's loading, as in transformers.
+        the saved choice (another method does not inherit the saved method's `method_options`:
+        `configuration_base.loading_options`); the remaining keywords go to the inner model's loading, as in
+        transformers.
         """
         hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         config = kwargs.pop("config", None) or AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
@@ -140,7 +143,7 @@ class EquivariantVisionPreTrainedModel(EquivariantBasePreTrainedModel):
                     f"{pretrained_model_name_or_path} is already invariant (groups "
                     f"{[f.name for f in config.factors]}); load it without groups=, or load its base model"
                 )
-            config = type(config)(**{**config.to_dict(), **options}) if options else config
+            config = type(config)(**loading_options(config.to_dict(), options)) if options else config
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
         if groups is None:
             raise ValueError(

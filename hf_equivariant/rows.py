@@ -42,6 +42,14 @@ class CopyRows:
         return cls(rows, rows, batch_size)
 
     @classmethod
+    def canonical(cls, num_copies: int, batch_size: int, device=None) -> CopyRows:
+        """One inner row per input row, its copy 0, computing every copy row of it: for a canonicalising method,
+        whose copy rows of an input all hold its canonical copy. These rows never fork, so a static cache can
+        hold them."""
+        return cls(torch.arange(num_copies * batch_size, device=device) % batch_size,
+                   torch.arange(batch_size, device=device), batch_size)
+
+    @classmethod
     def distinct(cls, keys: torch.Tensor, batch_size: int) -> CopyRows:
         """One inner row per distinct key row ([K*B, L] long). For `combine`, the keys must tell input rows
         apart (an inner row may serve one input row only)."""

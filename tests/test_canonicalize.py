@@ -129,24 +129,28 @@ def test_seq2seq_matches_the_frame_of_encoder_and_decoder_ids_and_is_equivariant
     assert max(seq2seq_token_errors(base, seq2seq_tokenizer, CLASS_LISTS, FIXED_PROMPTS, TARGETS)) > 1e-2
 
 
-def test_one_inner_row_per_input_in_forward_and_generation(tokenizer):
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_one_inner_row_per_input_in_forward_and_generation(tokenizer, cache):
+    """Deduplication finds the canonical copies equal; a static cache, which cannot deduplicate (its rows are
+    fixed), holds copy 0's row of each input, which every copy row of it reads."""
     base = tiny_gpt2(len(tokenizer))
     model = wrap(base, tokenizer)
     batch = tokenizer(FIXED_PROMPTS, return_tensors="pt", padding=True)
     rows = []
     handle = base.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    greedy = dict(max_new_tokens=6, do_sample=False, cache_implementation=None if cache == "dynamic" else cache)
     with torch.no_grad():
         model(**batch)
-        out = model.generate(**batch, max_new_tokens=6, do_sample=False)
-        beams = model.generate(**batch, max_new_tokens=6, do_sample=False, num_beams=3)
+        out = model.generate(**batch, **greedy)
+        beams = model.generate(**batch, **greedy, num_beams=3)
     handle.remove()
     assert model.num_copies == 6
     assert rows == [len(FIXED_PROMPTS)] * 7 + [3 * len(FIXED_PROMPTS)] * 6  # forward, 6 greedy steps, 6 beam steps
-    assert torch.equal(out, model.generate(**batch, max_new_tokens=6, do_sample=False, use_cache=False))
-    assert torch.equal(beams, model.generate(**batch, max_new_tokens=6, do_sample=False, num_beams=3,
-                                             use_cache=False))
-    greedy = dict(max_new_tokens=6, do_sample=False)
+    uncached = dict(max_new_tokens=6, do_sample=False, use_cache=False)
+    assert torch.equal(out, model.generate(**batch, **uncached))
+    assert torch.equal(beams, model.generate(**batch, **uncached, num_beams=3))
     assert token_generation_mismatches(model, tokenizer, CLASS_LISTS, batch, **greedy) == []
+    assert token_generation_mismatches(model, tokenizer, CLASS_LISTS, batch, **greedy, num_beams=3) == []
 
 
 def test_word_action_with_a_subword_tokenizer_is_exact_for_every_element():
@@ -206,12 +210,15 @@ def test_seq2seq_runs_one_encoder_and_one_decoder_row_per_input(seq2seq_tokenize
         assert (encoder_rows[1:], decoder_rows[1:]) == ([batch], [batch] * 6)
         beams = model.generate(**prompts, **steps, num_beams=3)
         assert (encoder_rows[2:], decoder_rows[7:]) == ([batch], [3 * batch] * 6)
+        static = model.generate(**prompts, **steps, num_beams=3, cache_implementation="static")
+        assert (encoder_rows[3:], decoder_rows[13:]) == ([batch], [3 * batch] * 6)  # no deduplication: its rows
         every = wrap(base, seq2seq_tokenizer, deduplicate=False)
         every(**inputs)
-        assert (encoder_rows[3:], decoder_rows[13:]) == ([6 * batch], [6 * batch])  # all copies, all equal
+        assert (encoder_rows[4:], decoder_rows[19:]) == ([6 * batch], [6 * batch])  # all copies, all equal
     assert model.num_copies == 6
     assert torch.equal(greedy, model.generate(**prompts, **steps, use_cache=False))
     assert torch.equal(beams, model.generate(**prompts, **steps, num_beams=3, use_cache=False))
+    assert torch.equal(static, beams)
     torch.testing.assert_close(every(**inputs).logits, model(**inputs).logits, atol=1e-5, rtol=1e-5)
 
 

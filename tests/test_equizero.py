@@ -192,7 +192,11 @@ def test_options_are_saved_and_unknown_proxy_losses_refused(tokenizer, tmp_path)
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     with torch.no_grad():
         assert torch.equal(loaded(**batch).logits, model(**batch).logits)
-    assert "Efficient Model-Agnostic Multi-Group Equivariant Networks" in (tmp_path / "README.md").read_text()
+    card = (tmp_path / "README.md").read_text()  # the multi form cites the multi-group paper and equizero's
+    assert "Efficient Model-Agnostic Multi-Group Equivariant Networks" in card
+    assert "Efficient Equivariant Transfer Learning from Pretrained Models" in card
+    # the default proxy loss is recorded, so a saved model keeps it if the default changes
+    assert wrap(tiny_gpt2(len(tokenizer)), tokenizer, "equizero").config.method_options == {"proxy_loss": "entropy"}
     with pytest.raises(ValueError, match="unknown proxy_loss 'median', choose one of .*'entropy'"):
         wrap(tiny_gpt2(len(tokenizer)), tokenizer, "equizero", method_options={"proxy_loss": "median"})
 

@@ -210,6 +210,28 @@ def test_config_settings_override_the_saved_ones_on_load(model, batch, tmp_path,
     check_overrides(load(tmp_path, **OVERRIDES), batch)
 
 
+@pytest.mark.parametrize("switch_to, options, expected_options", [
+    ("equizero", None, {"proxy_loss": "entropy"}),
+    ("equizero", {"proxy_loss": "max_prob"}, {"proxy_loss": "max_prob"}),
+    ("multi_equitune", None, None),
+    ("lambda_equitune", None, None),
+])
+@pytest.mark.parametrize("load", ["wrapper", "auto"])
+def test_changing_the_method_on_load_drops_the_saved_methods_options(base_model, batch, tokenizer, tmp_path, load,
+                                                                     switch_to, options, expected_options):
+    """The saved options are the saved method's own (multi_lambda_equitune's branch_weights): the new method gets
+    the options given on loading, else its defaults, and is the model make_equivariant builds with them."""
+    saved = make_equivariant(base_model, GROUPS, tokenizer, "multi_lambda_equitune",
+                             method_options={"branch_weights": "fixed"})
+    saved.save_pretrained(tmp_path)
+    given = {} if options is None else {"method_options": options}
+    loader = {"wrapper": EquivariantModelForCausalLM, "auto": AutoModelForCausalLM}[load]
+    loaded = loader.from_pretrained(tmp_path, symmetrization=switch_to, **given).eval()
+    assert loaded.config.symmetrization == switch_to and loaded.config.method_options == expected_options
+    expected = make_equivariant(saved.model, saved.config.factors, tokenizer, switch_to, **given).eval()
+    assert torch.equal(loaded(**batch).logits, expected(**batch).logits)
+
+
 def test_config_settings_apply_to_a_base_checkpoint(base_checkpoint, batch):
     loaded = EquivariantModelForCausalLM.from_pretrained(base_checkpoint, groups=GROUPS, **OVERRIDES)
     check_overrides(loaded, batch)
