@@ -81,6 +81,12 @@ class EquivariantBasePreTrainedModel(PreTrainedModel):
         """The registered `methods.SymmetrizationMethod` of `config.symmetrization`."""
         return get_symmetrization(self.config.symmetrization)
 
+    @property
+    def inner_passes(self) -> int:
+        """Inner passes per input row (per token in generation) before deduplication, as the method counts them
+        for these groups: one for a canonicalising method (every copy runs the canonical one), else one per copy."""
+        return self.method.inner_passes([factor.order for factor in self.config.factors])
+
     @classmethod
     def is_custom_code(cls) -> bool:
         """False: the wrapper initialises with `transformers.initialization` and ties parameters only, as the library's

@@ -504,6 +504,6 @@ def serve(model: str, groups=None, gguf_file: str | None = None, symmetrization:
         print(f"hf-equivariant serve: error: --model {model}: {str(error).splitlines()[0]}", file=sys.stderr)
         raise SystemExit(1) from None
     factors = " x ".join(f"{f.name} ({f.order})" for f in loaded.config.factors)
-    print(f"loaded {model} in {time.perf_counter() - started:.1f} s: {factors}, {loaded.num_copies} inner passes "
+    print(f"loaded {model} in {time.perf_counter() - started:.1f} s: {factors}, {loaded.inner_passes} inner passes "
           f"per token, {loaded.config.action} action; serving on http://{host}:{port}/v1", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level="info")

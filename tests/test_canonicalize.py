@@ -144,7 +144,7 @@ def test_one_inner_row_per_input_in_forward_and_generation(tokenizer, cache):
         out = model.generate(**batch, **greedy)
         beams = model.generate(**batch, **greedy, num_beams=3)
     handle.remove()
-    assert model.num_copies == 6
+    assert model.num_copies == 6 and model.inner_passes == 1  # what the CLI, the reports and the card print
     assert rows == [len(FIXED_PROMPTS)] * 7 + [3 * len(FIXED_PROMPTS)] * 6  # forward, 6 greedy steps, 6 beam steps
     uncached = dict(max_new_tokens=6, do_sample=False, use_cache=False)
     assert torch.equal(out, model.generate(**batch, **uncached))

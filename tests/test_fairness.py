@@ -112,6 +112,8 @@ def test_consistency_is_exactly_one_for_the_wrapped_model_only(base, tokenizer):
     assert equivariant["consistency"] == 1.0
     assert plain["consistency"] < 1.0
     assert equivariant["passes_per_token"] == 2 + 4 and plain["passes_per_token"] == 1
+    _, canonical = evaluate_fairness(wrap(base, tokenizer, axes, "canonicalize"), tokenizer, axes, **options)
+    assert canonical["consistency"] == 1.0 and canonical["passes_per_token"] == 1  # one row: its canonical copy
     assert len(data) == 2 * 4 * 2 * 2 and set(data.column_names) >= {"prompt", "demographic", "gender", "race",
                                                                          "seed", "continuation", "sentiment"}
     assert set(equivariant["gaps"]) == {"gender", "race", "intersectional"}

@@ -200,7 +200,7 @@ def generate_command(args) -> None:
     report_dropped(model.config.factors, args.verbose)
     label = f"equivariant ({model.config.symmetrization})"
     groups = " x ".join(f"{f.name} ({f.order})" for f in model.config.factors)
-    print(f"\ngroups: {groups}; {model.num_copies} inner passes per token; {model.config.action} action")
+    print(f"\ngroups: {groups}; {model.inner_passes} inner passes per token; {model.config.action} action")
     width = max(len("base"), len(label))
     results = []
     stage("generating")
@@ -231,7 +231,7 @@ def generate_command(args) -> None:
         args.out.write_text(json.dumps({
             "command": "hf-equivariant " + shlex.join(args.argv),
             "groups": [f.name for f in model.config.factors], "symmetrization": model.config.symmetrization,
-            "action": model.config.action, "inner_passes_per_token": model.num_copies, "continuations": results,
+            "action": model.config.action, "inner_passes_per_token": model.inner_passes, "continuations": results,
         }, indent=2, ensure_ascii=False) + "\n")
         print(f"written: {args.out}", file=sys.stderr)
 

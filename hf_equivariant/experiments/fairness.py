@@ -230,7 +230,7 @@ def evaluate_fairness(model, tokenizer, axes, templates: dict[str, str] = TEMPLA
                                                *([act] if act else [])),
         glued_words=glued,
         generation_seconds=seconds,
-        passes_per_token=getattr(model, "num_copies", 1),
+        passes_per_token=getattr(model, "inner_passes", 1),
         samples=len(data),
     )
     return data, summary

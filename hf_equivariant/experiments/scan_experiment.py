@@ -143,8 +143,7 @@ def run_seed(config: ScanExperiment, seed: int) -> list[dict]:
     def evaluate(stage, model, trainer, seconds):
         start = time.perf_counter()
         accuracy = exact_match(trainer, tests, tokenizer)
-        method = getattr(model, "method", None)  # inner passes per input: 1 for the plain model and canonicalize
-        passes = 1 if method is None else method.inner_passes([f.order for f in model.config.factors])
+        passes = getattr(model, "inner_passes", 1)  # per input: 1 for the plain model and canonicalize
         rows.append({"seed": seed, "stage": stage, "passes": passes, "train_seconds": seconds,
                      "eval_seconds": time.perf_counter() - start, **accuracy})
 
