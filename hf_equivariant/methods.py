@@ -21,8 +21,9 @@ of orders |G1|, ..., |GN|:
   input at a decoder position is the encoder ids followed by the decoder ids up to there (`modeling_seq2seq`).
 - its citation for the model card, and whether it has trainable parameters.
 
-`symmetrization="..."` everywhere (config, `make_equivariant`, `from_base_model`, the command line, the
-model card) is looked up here with `get_symmetrization`; `register_symmetrization` adds a method.
+`symmetrization="..."` in the library (config, `make_equivariant`, `from_base_model`, `from_pretrained`, the
+model card) is looked up here with `get_symmetrization`; `register_symmetrization` adds a method. (The command
+line lists the built-in methods, kept equal to this registry by a test, so that its `--help` needs no torch.)
 """
 
 from __future__ import annotations

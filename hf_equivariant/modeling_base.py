@@ -83,9 +83,10 @@ class EquivariantBasePreTrainedModel(PreTrainedModel):
 
     @property
     def inner_passes(self) -> int:
-        """Inner passes per input row (per token in generation) before deduplication, as the method counts them
-        for these groups: one for a canonicalising method (every copy runs the canonical one), else one per copy."""
-        return self.method.inner_passes([factor.order for factor in self.config.factors])
+        """Inner rows per input row (per token in generation), as printed and reported: one for a canonicalising
+        method with `config.deduplicate` (every copy row reads its canonical row), else one per copy
+        (`num_copies`; deduplication may merge equal copies below that)."""
+        return 1 if self.method.canonicalizes and self.config.deduplicate else self.num_copies
 
     @classmethod
     def is_custom_code(cls) -> bool:

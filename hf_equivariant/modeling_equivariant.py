@@ -60,8 +60,8 @@ def word_action(factors, tokenizer, vocab_size: int, action: str):
 @dataclass
 class Symmetrised:
     """What `symmetrised_forward` gives a task: the symmetrised logits [B, ..., V], their loss (with labels),
-    and the last inner output, whose cache holds every copy row's past and whose per-layer outputs are
-    those of copy 0 of each input row."""
+    and the last inner output, whose cache holds the pasts of the inner rows that compute the copy rows
+    (`assign_rows_and_reorder_cache`) and whose per-layer outputs are those of copy 0 of each input row."""
 
     logits: torch.Tensor
     loss: torch.Tensor | None
@@ -238,7 +238,8 @@ class EquivariantPreTrainedModel(EquivariantBasePreTrainedModel):
         return self.cache_rows.assign_rows_and_reorder_cache(keys, self.num_copies, batch_size, cache)
 
     def deduplicates(self, cache=None) -> bool:
-        """Whether copies share inner rows: `config.deduplicate`, except with compileable (static) caches."""
+        """Whether copies share inner rows: `config.deduplicate`, except with compileable (static) caches (where a
+        canonicalising method still runs one row per input: `keeps_canonical_rows`)."""
         return self.config.deduplicate and not (cache is not None and cache.is_compileable)
 
     def keeps_canonical_rows(self, cache=None) -> bool:
@@ -499,7 +500,8 @@ class EquivariantPreTrainedModel(EquivariantBasePreTrainedModel):
         word boundaries) is loaded from the same place unless `tokenizer` is given. `symmetrization`,
         `average`, `action` and the other `EquivariantConfig` settings given as keywords
         (`deduplicate=False`, `max_inner_rows=...`) override the saved choice (another method does not inherit
-        the saved method's `method_options`: `configuration_base.loading_options`); turning a saved token action
+        the saved method's `method_options`: `configuration_base.loading_options`, but a saved lambda head loads
+        into either lambda method, whose heads have the same parameters); turning a saved token action
         into the word action reads the word boundaries from `tokenizer` (or the checkpoint's own
         tokenizer). The remaining keywords go to the inner model's loading, as in transformers.
         """

@@ -211,10 +211,11 @@ def test_seq2seq_runs_one_encoder_and_one_decoder_row_per_input(seq2seq_tokenize
         beams = model.generate(**prompts, **steps, num_beams=3)
         assert (encoder_rows[2:], decoder_rows[7:]) == ([batch], [3 * batch] * 6)
         static = model.generate(**prompts, **steps, num_beams=3, cache_implementation="static")
-        assert (encoder_rows[3:], decoder_rows[13:]) == ([batch], [3 * batch] * 6)  # no deduplication: its rows
+        assert (encoder_rows[3:], decoder_rows[13:]) == ([batch], [3 * batch] * 6)  # static: a row per input
         every = wrap(base, seq2seq_tokenizer, deduplicate=False)
         every(**inputs)
         assert (encoder_rows[4:], decoder_rows[19:]) == ([6 * batch], [6 * batch])  # all copies, all equal
+    assert (model.inner_passes, every.inner_passes) == (1, 6)  # what the CLI, the reports and the card print
     assert model.num_copies == 6
     assert torch.equal(greedy, model.generate(**prompts, **steps, use_cache=False))
     assert torch.equal(beams, model.generate(**prompts, **steps, num_beams=3, use_cache=False))
