@@ -83,10 +83,12 @@ class EquivariantBasePreTrainedModel(PreTrainedModel):
 
     @property
     def inner_passes(self) -> int:
-        """Inner rows per input row (per token in generation), as printed and reported: one for a canonicalising
-        method with `config.deduplicate` (every copy row reads its canonical row), else one per copy
-        (`num_copies`; deduplication may merge equal copies below that)."""
-        return 1 if self.method.canonicalizes and self.config.deduplicate else self.num_copies
+        """Inner rows per input row (per token in generation), as printed and reported: the method's count
+        (`SymmetrizationMethod.inner_passes`: one for a canonicalising method, whose copy rows read its canonical
+        row) with `config.deduplicate`, else one per copy (`num_copies`)."""
+        if not self.config.deduplicate:
+            return self.num_copies
+        return self.method.inner_passes([factor.order for factor in self.config.factors])
 
     @classmethod
     def is_custom_code(cls) -> bool:
